@@ -1,0 +1,261 @@
+"""Model configuration: block strings, the scaling table, rounding rules and `ModelConfig`.
+
+Everything here is pure Python so it can be validated and serialized before TensorFlow is touched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from typing import Any, Mapping
+
+# Paper Table 1, as compact block strings (SPEC 1.1).
+B0_BLOCKS = (
+    "r1_k3_s11_e1_i32_o16_se0.25",
+    "r2_k3_s22_e6_i16_o24_se0.25",
+    "r2_k5_s22_e6_i24_o40_se0.25",
+    "r3_k3_s22_e6_i40_o80_se0.25",
+    "r3_k5_s11_e6_i80_o112_se0.25",
+    "r4_k5_s22_e6_i112_o192_se0.25",
+    "r1_k3_s11_e6_i192_o320_se0.25",
+)
+# Lite drops squeeze-and-excitation (mobile accelerators handle it poorly).
+LITE_BLOCKS = tuple(b.replace("_se0.25", "") for b in B0_BLOCKS)
+
+IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+LITE_MEAN_RGB = (127.0, 127.0, 127.0)
+LITE_STDDEV_RGB = (128.0, 128.0, 128.0)
+
+# name: (width, depth, resolution, dropout)  -- SPEC 1.2
+SCALING_TABLE = {
+    "efficientnet-b0": (1.0, 1.0, 224, 0.2),
+    "efficientnet-b1": (1.0, 1.1, 240, 0.2),
+    "efficientnet-b2": (1.1, 1.2, 260, 0.3),
+    "efficientnet-b3": (1.2, 1.4, 300, 0.3),
+    "efficientnet-b4": (1.4, 1.8, 380, 0.4),
+    "efficientnet-b5": (1.6, 2.2, 456, 0.4),
+    "efficientnet-b6": (1.8, 2.6, 528, 0.5),
+    "efficientnet-b7": (2.0, 3.1, 600, 0.5),
+    "efficientnet-b8": (2.2, 3.6, 672, 0.5),
+    "efficientnet-l2": (4.3, 5.3, 800, 0.5),
+    "efficientnet-lite0": (1.0, 1.0, 224, 0.2),
+    "efficientnet-lite1": (1.0, 1.1, 240, 0.2),
+    "efficientnet-lite2": (1.1, 1.2, 260, 0.3),
+    "efficientnet-lite3": (1.2, 1.4, 280, 0.3),
+    "efficientnet-lite4": (1.4, 1.8, 300, 0.3),
+}
+MODEL_NAMES = tuple(SCALING_TABLE)
+
+# Paper section 3.3: grid search at phi=1 under alpha * beta^2 * gamma^2 ~= 2.
+ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
+BASE_RESOLUTION = 224
+
+_BLOCK_RE = re.compile(r"^r(\d+)_k(\d+)_s(\d)(\d)_e(\d+(?:\.\d+)?)_i(\d+)_o(\d+)(?:_se(\d+(?:\.\d+)?))?(_noskip)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockArgs:
+    """One stage of MBConv blocks, as decoded from a block string."""
+
+    num_repeat: int
+    kernel_size: int
+    strides: int
+    expand_ratio: float
+    input_filters: int
+    output_filters: int
+    se_ratio: float = 0.0
+    id_skip: bool = True
+
+
+def decode_block_string(block_string: str) -> BlockArgs:
+    m = _BLOCK_RE.match(block_string)
+    if not m:
+        raise ValueError(
+            f"Invalid block string {block_string!r}: expected 'rR_kK_sSS_eE_iI_oO[_seX][_noskip]', "
+            "e.g. 'r1_k3_s11_e1_i32_o16_se0.25'.")
+    r, k, s1, s2, e, i, o, se, noskip = m.groups()
+    if s1 != s2:
+        raise ValueError(f"Invalid block string {block_string!r}: only square strides are supported.")
+    expand = float(e)
+    return BlockArgs(
+        num_repeat=int(r), kernel_size=int(k), strides=int(s1),
+        expand_ratio=int(expand) if expand.is_integer() else expand,
+        input_filters=int(i), output_filters=int(o),
+        se_ratio=float(se) if se else 0.0, id_skip=not noskip)
+
+
+def encode_block_string(args: BlockArgs) -> str:
+    e = args.expand_ratio
+    e = int(e) if float(e).is_integer() else e
+    s = (f"r{args.num_repeat}_k{args.kernel_size}_s{args.strides}{args.strides}_e{e}"
+         f"_i{args.input_filters}_o{args.output_filters}")
+    if args.se_ratio:
+        s += f"_se{args.se_ratio:g}"
+    if not args.id_skip:
+        s += "_noskip"
+    return s
+
+
+def round_filters(filters: int, width_coefficient: float, divisor: int = 8,
+                  min_depth: int | None = None) -> int:
+    """Scale channels by width and round to the nearest multiple of `divisor`, never 10% below."""
+    scaled = filters * width_coefficient
+    min_depth = min_depth or divisor
+    new = max(min_depth, int(scaled + divisor / 2) // divisor * divisor)
+    if new < 0.9 * scaled:
+        new += divisor
+    return int(new)
+
+
+def round_repeats(repeats: int, depth_coefficient: float) -> int:
+    return int(math.ceil(depth_coefficient * repeats))
+
+
+def compound_coefficients(phi: float, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA,
+                          base_resolution: int = BASE_RESOLUTION):
+    """Paper eq. 3: depth alpha^phi, width beta^phi, resolution gamma^phi (rounded to a multiple of 8)."""
+    depth = alpha ** phi
+    width = beta ** phi
+    resolution = int(round(base_resolution * gamma ** phi / 8.0)) * 8
+    return width, depth, resolution
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines an EfficientNet graph. Frozen; build variants with `replace`."""
+
+    name: str = "efficientnet-b0"
+    width_coefficient: float = 1.0
+    depth_coefficient: float = 1.0
+    resolution: int = 224
+    dropout_rate: float = 0.2
+    survival_prob: float = 0.8
+    blocks: tuple = B0_BLOCKS
+    stem_filters: int = 32
+    head_filters: int = 1280
+    fix_head_stem: bool = False
+    activation: str = "swish"
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+    depth_divisor: int = 8
+    min_depth: int | None = None
+    num_classes: int = 1000
+    mean_rgb: tuple = IMAGENET_MEAN_RGB
+    stddev_rgb: tuple = IMAGENET_STDDEV_RGB
+    sync_batch_norm: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        object.__setattr__(self, "mean_rgb", tuple(float(v) for v in self.mean_rgb))
+        object.__setattr__(self, "stddev_rgb", tuple(float(v) for v in self.stddev_rgb))
+        self.validate()
+
+    def validate(self):
+        def check(ok, field, msg):
+            if not ok:
+                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}: {msg}")
+
+        check(self.width_coefficient > 0, "width_coefficient", "must be > 0")
+        check(self.depth_coefficient > 0, "depth_coefficient", "must be > 0")
+        check(isinstance(self.resolution, int) and self.resolution >= 32, "resolution",
+              "must be an integer >= 32")
+        check(0.0 <= self.dropout_rate < 1.0, "dropout_rate", "must be in [0, 1)")
+        check(0.0 < self.survival_prob <= 1.0, "survival_prob", "must be in (0, 1]")
+        check(0.0 <= self.bn_momentum < 1.0, "bn_momentum", "must be in [0, 1)")
+        check(self.bn_epsilon > 0, "bn_epsilon", "must be > 0")
+        check(self.activation in ACTIVATIONS, "activation", f"must be one of {sorted(ACTIVATIONS)}")
+        check(self.num_classes >= 1, "num_classes", "must be >= 1")
+        check(len(self.mean_rgb) == 3 and len(self.stddev_rgb) == 3 and min(self.stddev_rgb) > 0,
+              "stddev_rgb", "mean_rgb/stddev_rgb need 3 values, stddev > 0")
+        check(len(self.blocks) > 0, "blocks", "needs at least one stage")
+        for b in self.blocks:
+            decode_block_string(b)
+
+    @property
+    def block_args(self) -> tuple[BlockArgs, ...]:
+        return tuple(decode_block_string(b) for b in self.blocks)
+
+    def replace(self, **overrides) -> "ModelConfig":
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"Unknown ModelConfig keys: {unknown}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"Unknown ModelConfig keys: {unknown}")
+        return cls(**d)
+
+
+ACTIVATIONS = ("swish", "relu6", "relu", "gelu")
+
+
+def get_model_config(name: str, **overrides) -> ModelConfig:
+    """The named variant from the scaling table, with optional overrides (unknown keys rejected)."""
+    if name not in SCALING_TABLE:
+        raise ValueError(f"Unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+    width, depth, resolution, dropout = SCALING_TABLE[name]
+    base = dict(name=name, width_coefficient=width, depth_coefficient=depth,
+                resolution=resolution, dropout_rate=dropout)
+    if "-lite" in name:
+        base.update(blocks=LITE_BLOCKS, activation="relu6", fix_head_stem=True,
+                    mean_rgb=LITE_MEAN_RGB, stddev_rgb=LITE_STDDEV_RGB)
+    return ModelConfig(**base).replace(**overrides)
+
+
+def dropout_for_phi(phi: float) -> float:
+    """Dropout for the formula models: reproduces the table's 0.2, 0.2, 0.3, 0.3, ..., 0.5 steps."""
+    return min(0.5, 0.2 + 0.1 * math.floor(max(phi, 0.0) / 2))
+
+
+def config_for_phi(phi: float, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA,
+                   **overrides) -> ModelConfig:
+    """Integer phi 0..7 gives the published B0..B7; any other phi the compound-scaling formula."""
+    if float(phi).is_integer() and 0 <= phi <= 7 and (alpha, beta, gamma) == (ALPHA, BETA, GAMMA):
+        return get_model_config(f"efficientnet-b{int(phi)}", **overrides)
+    if phi < 0:
+        raise ValueError(f"phi={phi}: must be >= 0")
+    if min(alpha, beta, gamma) < 1.0:
+        raise ValueError(f"alpha, beta, gamma = {alpha}, {beta}, {gamma}: each must be >= 1")
+    width, depth, resolution = compound_coefficients(phi, alpha, beta, gamma)
+    return ModelConfig(name=f"efficientnet-phi{phi:g}", width_coefficient=width,
+                       depth_coefficient=depth, resolution=resolution,
+                       dropout_rate=dropout_for_phi(phi)).replace(**overrides)
+
+
+def stage_table(config: ModelConfig) -> list[BlockArgs]:
+    """The scaled stages (filters and repeats after rounding), as the builder lays them out."""
+    stages = []
+    n = len(config.block_args)
+    for idx, args in enumerate(config.block_args):
+        fixed = config.fix_head_stem and idx in (0, n - 1)
+        stages.append(dataclasses.replace(
+            args,
+            input_filters=(stem_filters(config) if idx == 0
+                           else scaled_filters(config, args.input_filters)),
+            output_filters=scaled_filters(config, args.output_filters),
+            num_repeat=args.num_repeat if fixed else round_repeats(args.num_repeat,
+                                                                   config.depth_coefficient)))
+    return stages
+
+
+def scaled_filters(config: ModelConfig, filters: int) -> int:
+    return round_filters(filters, config.width_coefficient, config.depth_divisor, config.min_depth)
+
+
+def stem_filters(config: ModelConfig) -> int:
+    return config.stem_filters if config.fix_head_stem else scaled_filters(config, config.stem_filters)
+
+
+def head_filters(config: ModelConfig) -> int:
+    return config.head_filters if config.fix_head_stem else scaled_filters(config, config.head_filters)

@@ -1,0 +1,226 @@
+"""EfficientNet building blocks as Keras 3 layers (`keras.ops` only, serializable)."""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+# SPEC 1.4: untruncated normal, std sqrt(2 / fan_out), fan_out = kh * kw * out_channels.
+CONV_KERNEL_INITIALIZER = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"},
+}
+# Uniform in +-1/sqrt(num_classes): fan_out of the dense kernel is num_classes.
+DENSE_KERNEL_INITIALIZER = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"},
+}
+
+
+def get_activation(name: str):
+    if name == "swish":
+        return keras.activations.swish
+    if name == "relu6":
+        return keras.activations.relu6
+    return keras.activations.get(name)
+
+
+def batch_norm(name, momentum, epsilon, synchronized, dtype=None):
+    return keras.layers.BatchNormalization(
+        momentum=momentum, epsilon=epsilon, synchronized=synchronized, dtype=dtype, name=name)
+
+
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class ImageNormalization(keras.layers.Layer):
+    """(x - mean) / std as one multiply-add with constants; no state to adapt or to get wrong."""
+
+    def __init__(self, mean, stddev, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.mean = tuple(float(m) for m in mean)
+        self.stddev = tuple(float(s) for s in stddev)
+
+    def call(self, inputs):
+        scale = ops.convert_to_tensor([1.0 / s for s in self.stddev], dtype=inputs.dtype)
+        offset = ops.convert_to_tensor([-m / s for m, s in zip(self.mean, self.stddev)],
+                                       dtype=inputs.dtype)
+        return inputs * scale + offset
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": list(self.mean), "stddev": list(self.stddev)}
+
+
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class StochasticDepth(keras.layers.Layer):
+    """Drops the whole residual branch per sample with probability `rate`, scaling survivors."""
+
+    def __init__(self, rate: float, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"StochasticDepth rate={rate}: must be in [0, 1)")
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        keep = 1.0 - self.rate
+        shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+        noise = keras.random.uniform(shape, seed=self.seed_generator, dtype=inputs.dtype)
+        mask = ops.floor(keep + noise)
+        return inputs * (mask / keep)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class SqueezeExcite(keras.layers.Layer):
+    """Channel gating: global mean -> 1x1 reduce (+bias, act) -> 1x1 expand (+bias) -> sigmoid."""
+
+    def __init__(self, filters: int, reduced_filters: int, activation: str = "swish", **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.reduced_filters = int(reduced_filters)
+        self.activation = activation
+        self.se_reduce = keras.layers.Conv2D(
+            self.reduced_filters, 1, padding="same", use_bias=True,
+            activation=get_activation(activation),
+            kernel_initializer=CONV_KERNEL_INITIALIZER, dtype=self.dtype_policy, name="se_reduce")
+        self.se_expand = keras.layers.Conv2D(
+            self.filters, 1, padding="same", use_bias=True, activation="sigmoid",
+            kernel_initializer=CONV_KERNEL_INITIALIZER, dtype=self.dtype_policy, name="se_expand")
+
+    def build(self, input_shape):
+        pooled = (input_shape[0], 1, 1, input_shape[-1])
+        self.se_reduce.build(pooled)
+        self.se_expand.build((input_shape[0], 1, 1, self.reduced_filters))
+        self.built = True
+
+    def call(self, inputs):
+        x = ops.mean(inputs, axis=(1, 2), keepdims=True)
+        x = self.se_reduce(x)
+        x = self.se_expand(x)
+        return inputs * x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "reduced_filters": self.reduced_filters, "activation": self.activation}
+
+
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class MBConvBlock(keras.layers.Layer):
+    """Mobile inverted bottleneck (SPEC 1.4): expand -> depthwise -> SE -> project -> skip.
+
+    Sub-layer names follow keras.applications (`<block>_expand_conv` there is
+    `<block>/expand_conv` here) so weights map one to one.
+    """
+
+    def __init__(self, input_filters: int, output_filters: int, kernel_size: int = 3,
+                 strides: int = 1, expand_ratio: float = 1, se_ratio: float = 0.0,
+                 id_skip: bool = True, drop_rate: float = 0.0, activation: str = "swish",
+                 bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
+                 sync_batch_norm: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.input_filters = int(input_filters)
+        self.output_filters = int(output_filters)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.expand_ratio = expand_ratio
+        self.se_ratio = float(se_ratio)
+        self.id_skip = bool(id_skip)
+        self.drop_rate = float(drop_rate)
+        self.activation = activation
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.sync_batch_norm = bool(sync_batch_norm)
+
+        act = get_activation(activation)
+        policy = self.dtype_policy
+        expanded = int(self.input_filters * expand_ratio)
+        self.expanded_filters = expanded
+
+        def bn(name):
+            return batch_norm(name, bn_momentum, bn_epsilon, self.sync_batch_norm, policy)
+
+        if expand_ratio != 1:
+            self.expand_conv = keras.layers.Conv2D(
+                expanded, 1, padding="same", use_bias=False,
+                kernel_initializer=CONV_KERNEL_INITIALIZER, dtype=policy, name="expand_conv")
+            self.expand_bn = bn("expand_bn")
+        else:
+            self.expand_conv = self.expand_bn = None
+        self.dwconv = keras.layers.DepthwiseConv2D(
+            self.kernel_size, strides=self.strides, padding="same", use_bias=False,
+            depthwise_initializer=CONV_KERNEL_INITIALIZER, dtype=policy, name="dwconv")
+        self.bn = bn("bn")
+        self.act = act
+        if 0.0 < self.se_ratio <= 1.0:
+            self.se = SqueezeExcite(expanded, max(1, int(self.input_filters * self.se_ratio)),
+                                    activation=activation, dtype=policy, name="se")
+        else:
+            self.se = None
+        self.project_conv = keras.layers.Conv2D(
+            self.output_filters, 1, padding="same", use_bias=False,
+            kernel_initializer=CONV_KERNEL_INITIALIZER, dtype=policy, name="project_conv")
+        self.project_bn = bn("project_bn")
+        self.has_skip = (self.id_skip and self.strides == 1
+                         and self.input_filters == self.output_filters)
+        self.drop = (StochasticDepth(self.drop_rate, dtype=policy, name="drop")
+                     if self.has_skip and self.drop_rate > 0 else None)
+
+    def build(self, input_shape):
+        if input_shape[-1] != self.input_filters:
+            raise ValueError(f"{self.name}: expected {self.input_filters} input channels, "
+                             f"got input shape {tuple(input_shape)}")
+        shape = tuple(input_shape)
+        if self.expand_conv is not None:
+            self.expand_conv.build(shape)
+            shape = shape[:-1] + (self.expanded_filters,)
+            self.expand_bn.build(shape)
+        self.dwconv.build(shape)
+        shape = tuple(self.dwconv.compute_output_shape(shape))
+        self.bn.build(shape)
+        if self.se is not None:
+            self.se.build(shape)
+        self.project_conv.build(shape)
+        self.project_bn.build(shape[:-1] + (self.output_filters,))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        x = inputs
+        if self.expand_conv is not None:
+            x = self.act(self.expand_bn(self.expand_conv(x), training=training))
+        x = self.act(self.bn(self.dwconv(x), training=training))
+        if self.se is not None:
+            x = self.se(x)
+        x = self.project_bn(self.project_conv(x), training=training)
+        if self.has_skip:
+            if self.drop is not None:
+                x = self.drop(x, training=training)
+            x = x + inputs
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = self.dwconv.compute_output_shape(tuple(input_shape)[:-1] + (self.expanded_filters,))
+        return tuple(shape)[:-1] + (self.output_filters,)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "input_filters": self.input_filters, "output_filters": self.output_filters,
+            "kernel_size": self.kernel_size, "strides": self.strides,
+            "expand_ratio": self.expand_ratio, "se_ratio": self.se_ratio,
+            "id_skip": self.id_skip, "drop_rate": self.drop_rate, "activation": self.activation,
+            "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
+            "sync_batch_norm": self.sync_batch_norm,
+        }

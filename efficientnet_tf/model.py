@@ -1,0 +1,156 @@
+"""`build_model`: the compound-scaled EfficientNet as a Keras 3 functional model.
+
+Input contract (every artifact built here): float RGB in [0, 255]; normalization happens inside.
+"""
+from __future__ import annotations
+
+import keras
+
+from efficientnet_tf import config as cfg
+from efficientnet_tf.layers import (CONV_KERNEL_INITIALIZER, DENSE_KERNEL_INITIALIZER,
+                                    ImageNormalization, MBConvBlock, batch_norm, get_activation)
+
+NUM_REDUCTIONS = 5
+
+
+def resolve_config(phi=None, model_name=None, config=None, **overrides) -> cfg.ModelConfig:
+    """Exactly one of phi / model_name / config picks the network (default: B0)."""
+    given = [x is not None for x in (phi, model_name, config)]
+    if sum(given) > 1:
+        raise ValueError("Pass only one of phi, model_name or config.")
+    if config is not None:
+        return config.replace(**overrides) if overrides else config
+    if phi is not None:
+        return cfg.config_for_phi(phi, **overrides)
+    return cfg.get_model_config(model_name or "efficientnet-b0", **overrides)
+
+
+def block_name(stage: int, index: int) -> str:
+    """keras.applications naming: block1a, block1b, ... (two letters past 26 repeats)."""
+    suffix = chr(97 + index) if index < 26 else chr(96 + index // 26) + chr(97 + index % 26)
+    return f"block{stage + 1}{suffix}"
+
+
+def _backbone(config: cfg.ModelConfig, inputs):
+    """Stem, MBConv stages and head conv. Returns the head output and the reduction endpoints."""
+    act = get_activation(config.activation)
+
+    def bn(name):
+        return batch_norm(name, config.bn_momentum, config.bn_epsilon, config.sync_batch_norm)
+
+    x = ImageNormalization(config.mean_rgb, config.stddev_rgb, name="normalization")(inputs)
+    x = keras.layers.Conv2D(cfg.stem_filters(config), 3, strides=2, padding="same", use_bias=False,
+                            kernel_initializer=CONV_KERNEL_INITIALIZER, name="stem_conv")(x)
+    x = bn("stem_bn")(x)
+    x = keras.layers.Activation(act, name="stem_activation")(x)
+
+    stages = cfg.stage_table(config)
+    total_blocks = sum(s.num_repeat for s in stages)
+    drop_connect_rate = 1.0 - config.survival_prob
+    endpoints = {}
+    reduction = 1
+    block_index = 0
+    for stage_idx, stage in enumerate(stages):
+        for j in range(stage.num_repeat):
+            strides = stage.strides if j == 0 else 1
+            if strides > 1:
+                endpoints[f"reduction_{reduction}"] = x
+                reduction += 1
+            x = MBConvBlock(
+                input_filters=stage.input_filters if j == 0 else stage.output_filters,
+                output_filters=stage.output_filters, kernel_size=stage.kernel_size,
+                strides=strides, expand_ratio=stage.expand_ratio, se_ratio=stage.se_ratio,
+                id_skip=stage.id_skip, drop_rate=drop_connect_rate * block_index / total_blocks,
+                activation=config.activation, bn_momentum=config.bn_momentum,
+                bn_epsilon=config.bn_epsilon, sync_batch_norm=config.sync_batch_norm,
+                name=block_name(stage_idx, j))(x)
+            block_index += 1
+    endpoints[f"reduction_{reduction}"] = x
+
+    x = keras.layers.Conv2D(cfg.head_filters(config), 1, padding="same", use_bias=False,
+                            kernel_initializer=CONV_KERNEL_INITIALIZER, name="top_conv")(x)
+    x = bn("top_bn")(x)
+    x = keras.layers.Activation(act, name="top_activation")(x)
+    return x, endpoints
+
+
+def _inputs(config, input_tensor, input_shape):
+    if input_shape is None:
+        input_shape = (config.resolution, config.resolution, 3)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape={input_shape}: expected (height, width, 3) RGB.")
+    if input_tensor is not None:
+        if keras.backend.is_keras_tensor(input_tensor):
+            return input_tensor
+        return keras.Input(tensor=input_tensor, shape=input_shape)
+    return keras.Input(shape=input_shape, name="image")
+
+
+def _is_mixed_precision() -> bool:
+    policy = keras.mixed_precision.global_policy()
+    return policy.compute_dtype != policy.variable_dtype
+
+
+def build_model(phi=None, *, model_name=None, config=None, include_top=True, weights=None,
+                input_tensor=None, input_shape=None, pooling=None, classes=None,
+                classifier_activation="softmax", sync_batch_norm=None, name=None,
+                **overrides) -> keras.Model:
+    """Build EfficientNet. Arguments follow keras.applications.EfficientNetB*.
+
+    phi: integer 0..7 gives B0..B7 from the paper's table; any other value uses compound scaling.
+    model_name: 'efficientnet-b0' ... 'efficientnet-l2', 'efficientnet-lite0' ... 'lite4'.
+    config: a `ModelConfig` (overrides apply on top).
+    weights: None (random init) or the path of a converted `.weights.h5` file.
+    pooling: with include_top=False, None (4D features), 'avg' or 'max'.
+    classes: number of classes (defaults to the config's num_classes, 1000).
+    overrides: any `ModelConfig` field (width_coefficient, dropout_rate, survival_prob, ...).
+    """
+    if classes is not None:
+        overrides["num_classes"] = classes
+    if sync_batch_norm is not None:
+        overrides["sync_batch_norm"] = sync_batch_norm
+    config = resolve_config(phi, model_name, config, **overrides)
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"pooling={pooling!r}: expected None, 'avg' or 'max'.")
+    if weights == "imagenet":
+        raise ValueError(
+            "weights='imagenet' needs a download, which this package never does. Convert a "
+            "checkpoint once with `python main.py --mode=convert --model=NAME --ckpt_path=SRC "
+            "--output=DST.weights.h5` and pass weights=DST.weights.h5.")
+
+    inputs = _inputs(config, input_tensor, input_shape)
+    x, _ = _backbone(config, inputs)
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        if config.dropout_rate > 0:
+            x = keras.layers.Dropout(config.dropout_rate, name="top_dropout")(x)
+        # Logits/probabilities stay float32 under mixed precision.
+        x = keras.layers.Dense(
+            config.num_classes, activation=classifier_activation,
+            kernel_initializer=DENSE_KERNEL_INITIALIZER, bias_initializer="zeros",
+            dtype="float32" if _is_mixed_precision() else None, name="predictions")(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    model = keras.Model(inputs, x, name=name or config.name)
+    model.efficientnet_config = config
+    if weights is not None:
+        from efficientnet_tf import weights as weights_lib
+        weights_lib.load_weights(model, weights)
+    return model
+
+
+def build_feature_extractor(phi=None, *, model_name=None, config=None, input_shape=None,
+                            input_tensor=None, weights=None, name=None, **overrides) -> keras.Model:
+    """Backbone returning {'reduction_1'..'reduction_5'}: the last feature map at stride 2^k."""
+    config = resolve_config(phi, model_name, config, **overrides)
+    inputs = _inputs(config, input_tensor, input_shape)
+    _, endpoints = _backbone(config, inputs)
+    model = keras.Model(inputs, endpoints, name=name or f"{config.name}-features")
+    model.efficientnet_config = config
+    if weights is not None:
+        from efficientnet_tf import weights as weights_lib
+        weights_lib.load_weights(model, weights)
+    return model
