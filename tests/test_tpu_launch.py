@@ -1,0 +1,379 @@
+"""tpu/launch.py without a TPU: the gcloud commands it builds, what the remote scripts really run,
+--dry_run, a missing gcloud, and teardown when training fails (fake `gcloud` on PATH)."""
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tpu import launch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LAUNCH = REPO_ROOT / "tpu" / "launch.py"
+TARBALL = Path("/tmp/src.tar.gz")
+
+
+@pytest.fixture(autouse=True)
+def _clear_keras_session():
+    """Overrides conftest's fixture: nothing here touches Keras, so don't import it."""
+    yield
+
+
+def make_cfg(accelerator="v4-8", runtime="tpu-vm-tf-2.18.0-pjrt", **overrides):
+    kw = dict(name="my-tpu", zone="us-central2-b", project="proj",
+              accelerator=launch.parse_accelerator(accelerator), runtime_version=runtime,
+              model="efficientnet-b0", data_dir="gs://bucket/imagenet",
+              model_dir="gs://bucket/runs/b0", local_tarball=TARBALL)
+    kw.update(overrides)
+    return launch.LaunchConfig(**kw)
+
+
+def remote_script(ssh_argv):
+    assert ssh_argv[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"]
+    assert ssh_argv[-1].startswith("--command=")
+    return ssh_argv[-1][len("--command="):]
+
+
+def write_script(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+# --- pure command builders ------------------------------------------------------------------
+
+def test_create_delete_and_copy_commands_single_host():
+    cfg = make_cfg(spot=True)
+    base = ["my-tpu", "--zone=us-central2-b", "--project=proj"]
+    assert launch.create_command(cfg) == [
+        "gcloud", "compute", "tpus", "tpu-vm", "create", *base, "--accelerator-type=v4-8",
+        "--version=tpu-vm-tf-2.18.0-pjrt", "--spot"]
+    assert launch.delete_command(cfg) == [
+        "gcloud", "compute", "tpus", "tpu-vm", "delete", *base, "--quiet"]
+    assert launch.package_command(cfg) == [
+        "git", "-C", str(REPO_ROOT), "archive", "--format=tar.gz", "-o", str(TARBALL), "HEAD"]
+    assert launch.copy_command(cfg) == [
+        "gcloud", "compute", "tpus", "tpu-vm", "scp", str(TARBALL),
+        "my-tpu:efficientnet_tf-src.tar.gz", "--zone=us-central2-b", "--project=proj", "--worker=0"]
+    assert "--project=proj" not in launch.create_command(make_cfg(project=None))
+
+
+def test_single_host_train_command():
+    cfg = make_cfg()
+    argv = launch.train_command(cfg)
+    assert argv[5:9] == ["my-tpu", "--zone=us-central2-b", "--project=proj", "--worker=0"]
+    assert launch.main_py_args(cfg) == [
+        "--mode=train_and_eval", "--use_tpu", "--tpu=local", "--model=efficientnet-b0",
+        "--dataset=imagenet", "--data_dir=gs://bucket/imagenet", "--model_dir=gs://bucket/runs/b0",
+        "--train_batch_size=1024", "--eval_batch_size=1024", "--steps_per_loop=1000"]
+    script = remote_script(argv)
+    assert "export NEXT_PLUGGABLE_DEVICE_USE_C_API=true" in script
+    assert "TPU_LOAD_LIBRARY" not in script
+    # Stream-executor images need no PJRT plugin variables.
+    assert "NEXT_PLUGGABLE" not in remote_script(
+        launch.train_command(make_cfg(accelerator="v3-8", runtime="tpu-vm-tf-2.18.0-se")))
+
+
+def test_pod_slice_train_command_runs_on_worker0_as_tpu_client():
+    cfg = make_cfg(accelerator="v4-32", runtime="tpu-vm-tf-2.18.0-pod-pjrt",
+                   model="efficientnet-b7", train_epochs=350)
+    assert cfg.accelerator.multi_host and cfg.accelerator.replicas == 16
+    argv = launch.train_command(cfg)
+    assert "--worker=0" in argv and "--worker=all" not in argv
+    script = remote_script(argv)
+    assert "export TPU_LOAD_LIBRARY=0" in script and "NEXT_PLUGGABLE" not in script
+    assert launch.main_py_args(cfg)[:5] == [
+        "--mode=train_and_eval", "--use_tpu", "--tpu=my-tpu", "--tpu_zone=us-central2-b",
+        "--gcp_project=proj"]
+    assert "--train_epochs=350" in launch.main_py_args(cfg)
+    assert "--train_batch_size=256" in launch.main_py_args(cfg)  # 16 per v4 chip x 16 chips
+
+
+def test_runtime_names_with_hardware_suffixes():
+    cfg = make_cfg(accelerator="v5p-8", runtime="tpu-vm-tf-2.18.0-pjrt-v5p-and-below")
+    assert (cfg.tf_version, cfg.pjrt, cfg.pod_runtime, cfg.tpu_address) == ("2.18.0", True, False,
+                                                                             "local")
+    pod = make_cfg(accelerator="v5litepod-16", runtime="tpu-vm-tf-2.18.0-pod-pjrt-v5e-and-v6")
+    assert (pod.pod_runtime, pod.tpu_address, pod.accelerator.replicas) == (True, "my-tpu", 16)
+
+
+def test_extra_args_override_and_steps_per_loop_clamp():
+    cfg = make_cfg(train_steps=200,
+                   extra_args=("--train_batch_size=128", "--augment_name=randaugment"))
+    args = launch.main_py_args(cfg)
+    assert [a for a in args if a.startswith("--train_batch_size")] == ["--train_batch_size=128"]
+    assert args[-2:] == ["--train_batch_size=128", "--augment_name=randaugment"]
+    assert "--steps_per_loop=200" in args and "--train_steps=200" in args
+    synthetic = launch.main_py_args(make_cfg(dataset="synthetic", data_dir=None))
+    assert "--dataset=synthetic" in synthetic and not any("data_dir" in a for a in synthetic)
+
+
+def test_plan_order_and_keep_vm():
+    cfg = make_cfg()
+    verbs = [argv[4] if argv[0] == "gcloud" else argv[0] for argv in launch.plan(cfg, "all")]
+    assert verbs == ["git", "create", "scp", "ssh", "ssh", "delete"]
+    assert launch.plan(cfg, "all", keep_vm=True)[-1] == launch.train_command(cfg)
+    assert launch.plan(cfg, "install") == [launch.package_command(cfg), launch.copy_command(cfg),
+                                           launch.install_command(cfg)]
+
+
+def _failing_runner(failing_argv):
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        if argv == failing_argv:
+            raise subprocess.CalledProcessError(3, argv)
+    return calls, run
+
+
+def test_execute_tears_down_after_a_failed_train_but_not_after_a_failed_create():
+    cfg = make_cfg()
+    calls, run = _failing_runner(launch.train_command(cfg))
+    with pytest.raises(subprocess.CalledProcessError):
+        launch.execute(cfg, "all", run=run)
+    assert calls == launch.plan(cfg, "all")  # ..., train (failed), delete
+    # Ctrl-C during training still tears down.
+    calls = []
+
+    def interrupted(argv):
+        calls.append(argv)
+        if argv == launch.train_command(cfg):
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        launch.execute(cfg, "all", run=interrupted)
+    assert calls[-1] == launch.delete_command(cfg)
+    # A create that fails (e.g. the name is taken by another VM) must not delete anything.
+    calls, run = _failing_runner(launch.create_command(cfg))
+    with pytest.raises(subprocess.CalledProcessError):
+        launch.execute(cfg, "all", run=run)
+    assert calls == [launch.package_command(cfg), launch.create_command(cfg)]
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(accelerator="v4-32"), "multi-host pod slice.*'-pod' runtime"),
+    (dict(runtime="tpu-vm-tf-2.15.0-pjrt"), "TensorFlow >= 2.16"),
+    (dict(runtime="tpu-ubuntu2204-base"), "tpu-vm-tf-X.Y.Z"),
+    (dict(model_dir="/tmp/runs"), "--model_dir=.*gs://"),
+    (dict(data_dir="/data/imagenet"), "--data_dir=.*gs://"),
+    (dict(train_steps=10, train_epochs=1.0), "not both"),
+    (dict(train_batch_size=102), "multiple of the 4 replicas"),
+    (dict(name="My_TPU"), "--name="),
+    (dict(model="resnet50"), "--model="),
+])
+def test_bad_configs_fail_with_the_flag_named(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        make_cfg(**overrides)
+
+
+@pytest.mark.parametrize("accelerator, match", [
+    ("v6e-8", "TensorFlow does not support TPU v6e"),
+    ("v5e-8", "v5litepod"),
+    ("v4-3", "multiple of 2"),
+    ("tpu-8", "expected GEN-SIZE"),
+])
+def test_bad_accelerators(accelerator, match):
+    with pytest.raises(ValueError, match=match):
+        launch.parse_accelerator(accelerator)
+
+
+def test_recommended_settings():
+    accel = launch.parse_accelerator
+    assert set(launch.MODEL_SETTINGS) == set(launch.MODEL_NAMES)
+    assert [launch.image_size(f"efficientnet-b{i}") for i in (0, 7)] == [224, 600]
+    # B0 on a v3-8 gets the reference default global batch; big slices stop at the paper's 4096.
+    assert launch.recommended_train_batch_size("efficientnet-b0", accel("v3-8")) == 2048
+    assert launch.recommended_train_batch_size("efficientnet-b0", accel("v3-512")) == 4096
+    assert launch.recommended_train_batch_size("efficientnet-b7", accel("v3-8")) == 64
+    assert launch.recommended_train_batch_size("efficientnet-b7", accel("v2-8")) == 32
+    assert launch.recommended_train_batch_size("efficientnet-b7", accel("v5p-8")) == 128
+    assert [accel(t).replicas for t in ("v4-8", "v5litepod-8", "v5p-16")] == [4, 8, 8]
+    assert not accel("v5litepod-8").multi_host and accel("v5litepod-16").multi_host
+    with pytest.raises(ValueError, match="efficientnet-l2 does not fit on v3-8"):
+        launch.recommended_train_batch_size("efficientnet-l2", accel("v3-8"))
+    assert launch.recommended_train_batch_size("efficientnet-l2", accel("v4-8")) == 4
+    table = launch.settings_table()
+    assert "| efficientnet-b7 | 600 | 1931 | 8 | 32 | 64 |" in table
+    assert table in (REPO_ROOT / "tpu" / "README.md").read_text()  # the docs show the code's table
+
+
+def estimated_activation_mib(model):
+    """The estimate MODEL_SETTINGS documents: tensors kept for backprop, bfloat16, per image."""
+    mc = launch.model_config
+    c = mc.get_model_config(model)
+    r = math.ceil(c.resolution / 2)
+    elems = 3 * r * r * mc.stem_filters(c)                       # stem conv, BN, activation
+    for stage in mc.stage_table(c):
+        for i in range(stage.num_repeat):
+            stride = stage.strides if i == 0 else 1
+            cin = stage.input_filters if i == 0 else stage.output_filters
+            expanded = int(cin * stage.expand_ratio)
+            out = math.ceil(r / stride)
+            if stage.expand_ratio != 1:
+                elems += 3 * r * r * expanded                    # expand conv, BN, activation
+            elems += 3 * out * out * expanded                    # depthwise conv, BN, activation
+            if stage.se_ratio:
+                elems += out * out * expanded                    # SE gate product
+            elems += 2 * out * out * stage.output_filters        # project conv, BN
+            if stride == 1 and cin == stage.output_filters:
+                elems += 2 * out * out * stage.output_filters    # drop-path, residual add
+            r = out
+    elems += 3 * r * r * mc.head_filters(c)                      # head conv, BN, activation
+    return elems * 2 / 2**20
+
+
+def test_batch_table_follows_its_documented_derivation():
+    for model, settings in launch.MODEL_SETTINGS.items():
+        mib = estimated_activation_mib(model)
+        assert settings.activation_mib_per_image == round(mib), model
+        if model != "efficientnet-l2":  # set by hand: its optimizer state alone is ~9 GiB
+            expected = min(256, 2 ** math.floor(math.log2(16 * 1024 / mib)))
+            assert settings.images_per_16gib == expected, model
+
+
+# --- the remote scripts, run by bash as the VM would (fake python3 records what it gets) -----
+
+FAKE_PYTHON3 = """#!/bin/sh
+if [ "$1" = "-c" ]; then
+  case "$2" in *libtpu*) echo /fake/libtpu/libtpu.so; exit 0;; esac
+  exec "{real}" "$@"
+fi
+{{ echo "CALL $PWD"; echo "TPU_LOAD_LIBRARY=${{TPU_LOAD_LIBRARY-unset}}"
+   echo "PJRT=${{NEXT_PLUGGABLE_DEVICE_USE_C_API-unset}} \
+${{TF_PLUGGABLE_DEVICE_LIBRARY_PATH-unset}}"
+   for a in "$@"; do echo "ARG $a"; done; }} >> "$RECORD"
+"""
+
+
+def run_remote(script, tmp_path):
+    home, fakebin = tmp_path / "home", tmp_path / "bin"
+    fakebin.mkdir(exist_ok=True)
+    (home / launch.REMOTE_DIR).mkdir(parents=True, exist_ok=True)
+    write_script(fakebin / "python3", FAKE_PYTHON3.format(real=sys.executable))
+    record = tmp_path / "record.txt"
+    subprocess.run(["bash", "-c", script], cwd=home, check=True, timeout=60,
+                   env={"PATH": f"{fakebin}{os.pathsep}/usr/bin{os.pathsep}/bin",
+                        "RECORD": str(record), "HOME": str(home)})
+    calls = []
+    for line in record.read_text().splitlines():
+        if line.startswith("CALL "):
+            calls.append({"cwd": line[5:], "args": []})
+        elif line.startswith("ARG "):
+            calls[-1]["args"].append(line[4:])
+        else:
+            key, value = line.split("=", 1)
+            calls[-1][key] = value
+    return home, calls
+
+
+@pytest.mark.parametrize("accelerator, runtime, env", [
+    ("v4-8", "tpu-vm-tf-2.18.0-pjrt", ("unset", "true /fake/libtpu/libtpu.so")),
+    ("v4-32", "tpu-vm-tf-2.18.0-pod-pjrt", ("0", "unset unset")),
+])
+def test_remote_train_script_passes_exact_args(tmp_path, accelerator, runtime, env):
+    cfg = make_cfg(accelerator=accelerator, runtime=runtime,
+                   extra_args=("--augment_name=randaugment", "--run_note=it's \"quoted\" $HOME"))
+    home, calls = run_remote(remote_script(launch.train_command(cfg)), tmp_path)
+    assert len(calls) == 1
+    assert calls[0]["cwd"] == str(home / launch.REMOTE_DIR)
+    assert calls[0]["args"] == ["main.py", *launch.main_py_args(cfg)]
+    assert (calls[0]["TPU_LOAD_LIBRARY"], calls[0]["PJRT"]) == env
+
+
+def test_remote_install_script_unpacks_head_and_keeps_the_tpu_tensorflow(tmp_path):
+    cfg = make_cfg(local_tarball=tmp_path / "src.tar.gz")
+    subprocess.run(launch.package_command(cfg), check=True, timeout=120)
+    with tarfile.open(cfg.tarball) as tar:
+        names = set(tar.getnames())
+    assert {"setup.py", "main.py", "efficientnet_tf/config.py"} <= names
+    (tmp_path / "home").mkdir()
+    shutil.copy(cfg.tarball, tmp_path / "home" / launch.REMOTE_TARBALL)
+    home, calls = run_remote(launch.remote_install_script(cfg), tmp_path)
+    assert (home / launch.REMOTE_DIR / "setup.py").exists()
+    assert [c["args"][:3] for c in calls] == [["-m", "pip", "install"]] * 3
+    assert calls[0]["args"][3:] == ["tensorflow-tpu==2.18.0", "-f", launch.TF_TPU_FIND_LINKS]
+    assert calls[1]["args"][3:] == ["--no-deps", "-e", "."]
+    deps = calls[2]["args"][3:]
+    assert "tensorflow-datasets>=4.9" in deps and any(d.startswith("keras") for d in deps)
+    assert not [d for d in deps if d.split(">")[0].split("=")[0] == "tensorflow"]
+
+
+# --- the CLI, in a subprocess, with fake tools on PATH ---------------------------------------
+
+CLI_ARGS = ["--name=my-tpu", "--zone=us-central2-b", "--project=proj", "--accelerator_type=v4-8",
+            "--runtime_version=tpu-vm-tf-2.18.0-pjrt", "--model=efficientnet-b0",
+            "--data_dir=gs://bucket/imagenet", "--model_dir=gs://bucket/runs/b0"]
+
+FAKE_GCLOUD = """#!/bin/sh
+echo "$*" >> "{log}"
+case "$*" in *main.py*) echo "training crashed" >&2; exit 3;; esac
+case "$3 $4" in "tpu-vm delete") exit {delete_rc};; esac
+exit 0
+"""
+
+
+def run_cli(args, tmp_path, path):
+    env = {**os.environ, "PATH": path, "TMPDIR": str(tmp_path)}
+    return subprocess.run([sys.executable, str(LAUNCH), *args], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=tmp_path)
+
+
+def test_dry_run_prints_every_command_and_runs_nothing(tmp_path):
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    log = tmp_path / "calls.log"
+    for tool in ("gcloud", "git"):
+        write_script(fakebin / tool, f'#!/bin/sh\necho "{tool} $*" >> "{log}"\nexit 1\n')
+    proc = run_cli([*CLI_ARGS, "--dry_run", "all"], tmp_path, f"{fakebin}{os.pathsep}/usr/bin")
+    assert proc.returncode == 0, proc.stderr
+    assert not log.exists()
+    expected = launch.plan(make_cfg(local_tarball=tmp_path / "efficientnet_tf-src-my-tpu.tar.gz"),
+                           "all")
+    assert proc.stdout.splitlines() == [shlex.join(argv) for argv in expected]
+    assert [shlex.split(line) for line in proc.stdout.splitlines()] == expected
+    assert "global batch 1024" in proc.stderr
+
+
+def test_missing_gcloud_is_a_clear_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli([*CLI_ARGS, "create"], tmp_path, str(empty))
+    assert proc.returncode == 2
+    assert "`gcloud` was not found on PATH; nothing was run" in proc.stderr
+
+
+@pytest.mark.parametrize("keep_vm", [False, True])
+def test_vm_is_deleted_when_training_fails(tmp_path, keep_vm):
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    log = tmp_path / "gcloud.log"
+    write_script(fakebin / "gcloud", FAKE_GCLOUD.format(log=log, delete_rc=0))
+    proc = run_cli([*CLI_ARGS, "all", *(["--keep_vm"] if keep_vm else [])], tmp_path,
+                   f"{fakebin}{os.pathsep}{os.environ['PATH']}")
+    assert proc.returncode == 1
+    calls = [line.split()[3] for line in log.read_text().splitlines()]
+    assert calls == ["create", "scp", "ssh", "ssh"] + ([] if keep_vm else ["delete"])
+    assert (tmp_path / "efficientnet_tf-src-my-tpu.tar.gz").exists()  # real git archive HEAD
+    assert "error: exit code 3 from: gcloud compute tpus tpu-vm ssh my-tpu" in proc.stderr
+    if keep_vm:
+        assert "my-tpu is still running" in proc.stderr
+    else:
+        assert "The TPU VM my-tpu was deleted" in proc.stderr
+
+
+def test_a_failed_delete_is_reported_with_the_command_to_retry(tmp_path):
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    log = tmp_path / "gcloud.log"
+    write_script(fakebin / "gcloud", FAKE_GCLOUD.format(log=log, delete_rc=5))
+    proc = run_cli([*CLI_ARGS, "all"], tmp_path, f"{fakebin}{os.pathsep}{os.environ['PATH']}")
+    assert proc.returncode == 1
+    # Both failures are named: the training that failed, then the delete that failed.
+    assert "error: exit code 3 from: gcloud compute tpus tpu-vm ssh" in proc.stderr
+    assert "error: exit code 5 from: gcloud compute tpus tpu-vm delete my-tpu" in proc.stderr
+    assert "Deleting my-tpu FAILED" in proc.stderr
