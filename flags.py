@@ -8,7 +8,7 @@ from absl import flags
 
 from efficientnet_tf import config as cfg
 
-MODES = ("convert", "profile")
+MODES = ("train", "eval", "train_and_eval", "convert", "profile")
 
 
 def define_flags():
@@ -29,6 +29,85 @@ def define_flags():
     flags.DEFINE_float("dropout_rate", None, "Override the model's head dropout.")
     flags.DEFINE_float("survival_prob", None, "Stochastic-depth survival of the last block.")
     flags.DEFINE_integer("num_classes", None, "Number of classes (default: the dataset's, or 1000).")
+
+    # Data (efficientnet_tf/data, SPEC 3-4).
+    from efficientnet_tf.data.config import AUGMENT_NAMES, DATASETS, DataConfig
+
+    data_defaults = DataConfig()
+    flags.DEFINE_enum("dataset", None, DATASETS, "Input source (see README). Default: imagenet "
+                      "when --data_dir is given, else synthetic.")
+    flags.DEFINE_string("data_dir", None, "ImageNet-format TFRecords (train-*/validation-*), a "
+                        "TFDS data dir, or a folder tree (--dataset=folder).")
+    flags.DEFINE_bool("tfds", None, "Read the TFDS builder (--tfds) or TFRecords (--notfds); "
+                      "unset: TFRecords when data_dir holds train-*-of-* files, else TFDS.")
+    flags.DEFINE_integer("holdout_shards", 0, "Evaluate on the first N train shards (minival) "
+                         "and train on the rest.")
+    flags.DEFINE_enum("augment_name", None, AUGMENT_NAMES, "Extra training augmentation.")
+    flags.DEFINE_integer("randaug_num_layers", data_defaults.randaug_num_layers,
+                         "RandAugment: ops per image.")
+    flags.DEFINE_float("randaug_magnitude", data_defaults.randaug_magnitude,
+                       "RandAugment magnitude (reference: 10; 17 for B5, 28 for B7).")
+    flags.DEFINE_float("mixup_alpha", 0.0, "Mixup Beta(alpha, alpha); 0 disables.")
+    flags.DEFINE_float("cutmix_alpha", 0.0, "CutMix alpha; 0 disables.")
+    flags.DEFINE_bool("reference_bicubic", False, "Resize with the TF1 bicubic kernel the official "
+                      "checkpoints were evaluated with.")
+    flags.DEFINE_bool("deterministic", False, "Deterministic input order and augmentation.")
+    flags.DEFINE_bool("cache", None, "Cache the encoded dataset in memory (default: only small "
+                      "TFDS datasets).")
+    flags.DEFINE_integer("synthetic_train_size", data_defaults.synthetic_train_size,
+                         "synthetic: training examples generated.")
+    flags.DEFINE_integer("synthetic_eval_size", data_defaults.synthetic_eval_size,
+                         "synthetic: eval examples generated.")
+
+    # Training recipe (SPEC 2). Defaults are the reference's.
+    defaults = cfg.TrainConfig()
+    flags.DEFINE_string("model_dir", None, "Checkpoints, config.json, TensorBoard logs, "
+                        "eval_results.json and best.weights.h5 go here (local path or gs://).")
+    flags.DEFINE_integer("train_batch_size", defaults.train_batch_size, "Global training batch.")
+    flags.DEFINE_integer("eval_batch_size", defaults.eval_batch_size, "Global eval batch.")
+    flags.DEFINE_integer("train_steps", None, "Total optimizer steps; takes precedence over "
+                         "--train_epochs.")
+    flags.DEFINE_float("train_epochs", defaults.train_epochs,
+                       "Total epochs over the training split (paper: 350).")
+    flags.DEFINE_integer("steps_per_eval", defaults.steps_per_eval,
+                         "Checkpoint (and, in train_and_eval, evaluate) every this many steps.")
+    flags.DEFINE_integer("steps_per_loop", defaults.steps_per_loop,
+                         "Steps per compiled host loop (iterations per loop); also the logging "
+                         "interval.")
+    flags.DEFINE_float("base_learning_rate", defaults.base_learning_rate,
+                       "Learning rate per 256 images; scaled linearly with the global batch.")
+    flags.DEFINE_enum("lr_schedule", defaults.lr_schedule, cfg.LR_SCHEDULES,
+                      "After the linear warmup.")
+    flags.DEFINE_float("lr_warmup_epochs", defaults.lr_warmup_epochs, "Linear warmup length.")
+    flags.DEFINE_float("lr_decay_epoch", defaults.lr_decay_epoch,
+                       "exponential: multiply by --lr_decay_factor every this many epochs.")
+    flags.DEFINE_float("lr_decay_factor", defaults.lr_decay_factor, "exponential decay factor.")
+    flags.DEFINE_float("moving_average_decay", defaults.moving_average_decay,
+                       "EMA of weights and BN statistics used for eval/export; 0 disables.")
+    flags.DEFINE_float("weight_decay", defaults.weight_decay,
+                       "L2 coefficient on sum(w^2)/2 over all weights but BN gamma/beta.")
+    flags.DEFINE_float("label_smoothing", defaults.label_smoothing, "Label smoothing.")
+    flags.DEFINE_enum("mixed_precision", defaults.mixed_precision, cfg.MIXED_PRECISION,
+                      "auto: bfloat16 on TPU, float16 with loss scaling on GPU, float32 on CPU.")
+    flags.DEFINE_enum("strategy", defaults.strategy, cfg.STRATEGIES, "tf.distribute strategy.")
+    flags.DEFINE_bool("use_tpu", False, "Train on Cloud TPU (same as --strategy=tpu).")
+    flags.DEFINE_string("tpu", None, "TPU name or grpc:// address ('local' on a TPU VM).")
+    flags.DEFINE_string("tpu_zone", None, "GCE zone of the TPU (optional).")
+    flags.DEFINE_string("gcp_project", None, "GCP project of the TPU (optional).")
+    flags.DEFINE_integer("num_gpus", None, "GPUs to mirror over (default: all visible).")
+    flags.DEFINE_integer("num_cpu_devices", None, "Split the host CPU into this many logical "
+                         "devices, to run multi-replica code without GPUs (debugging, tests).")
+    flags.DEFINE_bool("freeze_backbone", False, "Fine-tuning: train only the classifier; the "
+                      "frozen backbone's BN runs in inference mode.")
+    flags.DEFINE_enum("bn_mode", defaults.bn_mode, cfg.BN_MODES,
+                      "frozen: every BatchNormalization uses its moving statistics and keeps "
+                      "gamma/beta fixed (small-batch fine-tuning).")
+    flags.DEFINE_integer("keep_checkpoint_max", defaults.keep_checkpoint_max,
+                         "Checkpoints kept in --model_dir (the best weights are kept apart).")
+    flags.DEFINE_integer("seed", None, "Random seed for the input pipeline and initialization.")
+    flags.DEFINE_string("weights", None, "Initialize (train) or evaluate (eval) from a converted "
+                        ".weights.h5 file or an official checkpoint; a different --num_classes "
+                        "replaces the classifier.")
 
     # Weights.
     flags.DEFINE_string("ckpt_path", None, "convert: source checkpoint (TF1 prefix or directory, "
@@ -77,3 +156,50 @@ def require(FLAGS, *names):
     missing = [f"--{n}" for n in names if getattr(FLAGS, n) in (None, "")]
     if missing:
         raise flags.ValidationError(f"--mode={FLAGS.mode} needs {', '.join(missing)}.")
+
+
+TRAIN_FLAG_FIELDS = (
+    "model_dir", "train_batch_size", "eval_batch_size", "train_steps", "train_epochs",
+    "steps_per_eval", "steps_per_loop", "base_learning_rate", "lr_schedule", "lr_warmup_epochs",
+    "lr_decay_epoch", "lr_decay_factor", "moving_average_decay", "weight_decay",
+    "label_smoothing", "mixed_precision", "strategy", "use_tpu", "tpu", "tpu_zone",
+    "gcp_project", "num_gpus", "weights", "freeze_backbone", "bn_mode", "keep_checkpoint_max",
+    "seed",
+)
+
+
+def train_config_from_flags(FLAGS) -> cfg.TrainConfig:
+    try:
+        return cfg.TrainConfig(**{name: getattr(FLAGS, name) for name in TRAIN_FLAG_FIELDS})
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from e
+
+
+def data_config_from_flags(FLAGS):
+    from efficientnet_tf.data.config import DataConfig
+
+    dataset = FLAGS.dataset or ("imagenet" if FLAGS.data_dir else "synthetic")
+    try:
+        return DataConfig(
+            dataset=dataset, data_dir=FLAGS.data_dir, tfds=FLAGS.tfds,
+            holdout_shards=FLAGS.holdout_shards,
+            num_classes=FLAGS.num_classes if dataset == "synthetic" else None,
+            augment_name=FLAGS.augment_name, randaug_num_layers=FLAGS.randaug_num_layers,
+            randaug_magnitude=FLAGS.randaug_magnitude, mixup_alpha=FLAGS.mixup_alpha,
+            cutmix_alpha=FLAGS.cutmix_alpha, reference_bicubic=FLAGS.reference_bicubic,
+            deterministic=FLAGS.deterministic, seed=FLAGS.seed or 0, cache=FLAGS.cache,
+            synthetic_train_size=FLAGS.synthetic_train_size,
+            synthetic_eval_size=FLAGS.synthetic_eval_size)
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from e
+
+
+def experiment_config_from_flags(FLAGS) -> cfg.ExperimentConfig:
+    """Flags -> one frozen config. num_classes defaults to the dataset's."""
+    from efficientnet_tf import data as data_lib
+
+    data = data_config_from_flags(FLAGS)
+    model = model_config_from_flags(FLAGS)
+    if FLAGS.num_classes is None:
+        model = model.replace(num_classes=data_lib.get_dataset_info(data).num_classes)
+    return cfg.ExperimentConfig(model=model, data=data, train=train_config_from_flags(FLAGS))

@@ -15,6 +15,57 @@ FLAGS = flags.FLAGS
 cli_flags.define_flags()
 
 
+def _strategy():
+    from efficientnet_tf import distribute
+
+    if FLAGS.num_cpu_devices:
+        distribute.split_cpu(FLAGS.num_cpu_devices)
+    return distribute.get_strategy(FLAGS.strategy, use_tpu=FLAGS.use_tpu, tpu=FLAGS.tpu,
+                                   tpu_zone=FLAGS.tpu_zone, gcp_project=FLAGS.gcp_project,
+                                   num_gpus=FLAGS.num_gpus)
+
+
+def _trainer():
+    from efficientnet_tf.training.trainer import Trainer
+
+    cli_flags.require(FLAGS, "model_dir")
+    strategy = _strategy()
+    experiment = cli_flags.experiment_config_from_flags(FLAGS)
+    print(f"{experiment.model.name} at {experiment.model.resolution}px on "
+          f"{experiment.data.dataset} ({strategy.num_replicas_in_sync} replica(s), "
+          f"{type(strategy).__name__})", flush=True)
+    return Trainer(experiment, strategy)
+
+
+def run_train(evaluate=False):
+    trainer = _trainer()
+    result = trainer.train(evaluate_every_checkpoint=evaluate)
+    print(f"Trained to step {result['step']}. Checkpoints, config.json and TensorBoard logs in "
+          f"{trainer.model_dir}")
+    if evaluate and "top_1" in result:
+        _print_eval(result, trainer)
+        print(f"Best EMA weights: {os.path.join(trainer.model_dir, 'best.weights.h5')}")
+
+
+def run_eval():
+    from efficientnet_tf.training.trainer import EVAL_RESULTS_FILE, write_json_atomic
+
+    trainer = _trainer()
+    source = trainer.restore_for_eval()
+    print(f"Evaluating {source}", flush=True)
+    result = trainer.evaluate()
+    write_json_atomic(os.path.join(trainer.model_dir, EVAL_RESULTS_FILE), result)
+    _print_eval(result, trainer)
+
+
+def _print_eval(result, trainer):
+    chance = 1.0 / trainer.num_classes
+    print(f"Eval at step {result['step']}: top_1={result['top_1']:.4f} "
+          f"top_5={result['top_5']:.4f} over {result['num_examples']} examples "
+          f"(chance {chance:.4f}). Results: "
+          f"{os.path.join(trainer.model_dir, 'eval_results.json')}")
+
+
 def run_convert():
     from efficientnet_tf import weights
 
@@ -44,6 +95,9 @@ def _write_json(path, obj):
 
 
 MODE_RUNNERS = {
+    "train": run_train,
+    "eval": run_eval,
+    "train_and_eval": lambda: run_train(evaluate=True),
     "convert": run_convert,
     "profile": run_profile,
 }
@@ -55,10 +109,21 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
         MODE_RUNNERS[FLAGS.mode]()
-    except (ValueError, FileNotFoundError, FileExistsError, flags.ValidationError) as e:
+    except Exception as e:  # noqa: BLE001 - user errors become one line, bugs keep tracebacks
+        if not _is_user_error(e):
+            raise
         logging.debug("failure", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _is_user_error(e: Exception) -> bool:
+    """Bad flags, files or hardware requests, and TensorFlow's own input errors (OpError)."""
+    if isinstance(e, (ValueError, FileNotFoundError, FileExistsError, RuntimeError,
+                      flags.ValidationError)):
+        return True
+    return any(cls.__name__ == "OpError" and cls.__module__.startswith("tensorflow")
+               for cls in type(e).__mro__)
 
 
 if __name__ == "__main__":

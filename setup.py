@@ -16,6 +16,7 @@ setup(
         "tensorflow-datasets>=4.9",
         "importlib_resources",
         "absl-py",
+        "tensorboard",
         "numpy",
         "h5py",
         "pillow",

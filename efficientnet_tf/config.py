@@ -55,6 +55,12 @@ BASE_RESOLUTION = 224
 _BLOCK_RE = re.compile(r"^r(\d+)_k(\d+)_s(\d)(\d)_e(\d+(?:\.\d+)?)_i(\d+)_o(\d+)(?:_se(\d+(?:\.\d+)?))?(_noskip)?$")
 
 
+def _check_known_keys(cls, d: Mapping[str, Any]):
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"Unknown {cls.__name__} keys: {unknown}")
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockArgs:
     """One stage of MBConv blocks, as decoded from a block string."""
@@ -178,9 +184,7 @@ class ModelConfig:
         return tuple(decode_block_string(b) for b in self.blocks)
 
     def replace(self, **overrides) -> "ModelConfig":
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ValueError(f"Unknown ModelConfig keys: {unknown}")
+        _check_known_keys(type(self), overrides)
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict:
@@ -191,9 +195,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"Unknown ModelConfig keys: {unknown}")
+        _check_known_keys(cls, d)
         return cls(**d)
 
 
@@ -259,3 +261,102 @@ def stem_filters(config: ModelConfig) -> int:
 
 def head_filters(config: ModelConfig) -> int:
     return config.head_filters if config.fix_head_stem else scaled_filters(config, config.head_filters)
+
+
+LR_SCHEDULES = ("exponential", "cosine", "constant")
+MIXED_PRECISION = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker_mirrored", "one_device")
+BN_MODES = ("train", "frozen")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe (SPEC 2) and where its outputs go."""
+
+    model_dir: str | None = None
+    train_batch_size: int = 2048
+    eval_batch_size: int = 1024
+    train_steps: int | None = None
+    train_epochs: float | None = 350.0
+    steps_per_eval: int = 6255
+    steps_per_loop: int = 100
+    base_learning_rate: float = 0.016
+    lr_schedule: str = "exponential"
+    lr_warmup_epochs: float = 5.0
+    lr_decay_epoch: float = 2.4
+    lr_decay_factor: float = 0.97
+    moving_average_decay: float = 0.9999
+    weight_decay: float = 1e-5
+    label_smoothing: float = 0.1
+    mixed_precision: str = "auto"
+    strategy: str = "auto"
+    use_tpu: bool = False
+    tpu: str | None = None
+    tpu_zone: str | None = None
+    gcp_project: str | None = None
+    num_gpus: int | None = None
+    weights: str | None = None
+    freeze_backbone: bool = False
+    bn_mode: str = "train"
+    keep_checkpoint_max: int = 5
+    seed: int | None = None
+
+    def __post_init__(self):
+        def check(ok, field, msg):
+            if not ok:
+                raise ValueError(f"--{field}={getattr(self, field)!r}: {msg}")
+
+        check(self.train_batch_size >= 1, "train_batch_size", "must be >= 1")
+        check(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+        check(self.train_steps is None or self.train_steps >= 1, "train_steps", "must be >= 1")
+        check(self.train_epochs is None or self.train_epochs > 0, "train_epochs", "must be > 0")
+        check(self.steps_per_eval >= 1, "steps_per_eval", "must be >= 1")
+        check(self.steps_per_loop >= 1, "steps_per_loop", "must be >= 1")
+        check(self.base_learning_rate > 0, "base_learning_rate", "must be > 0")
+        check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {LR_SCHEDULES}")
+        check(self.lr_warmup_epochs >= 0, "lr_warmup_epochs", "must be >= 0")
+        check(self.lr_decay_epoch > 0, "lr_decay_epoch", "must be > 0")
+        check(0 < self.lr_decay_factor <= 1, "lr_decay_factor", "must be in (0, 1]")
+        check(0 <= self.moving_average_decay < 1, "moving_average_decay",
+              "must be in [0, 1) (0 disables the EMA)")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        check(self.mixed_precision in MIXED_PRECISION, "mixed_precision",
+              f"must be one of {MIXED_PRECISION}")
+        check(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
+        check(self.num_gpus is None or self.num_gpus >= 1, "num_gpus", "must be >= 1")
+        check(self.bn_mode in BN_MODES, "bn_mode", f"must be one of {BN_MODES}")
+        check(self.keep_checkpoint_max >= 1, "keep_checkpoint_max", "must be >= 1")
+
+    def replace(self, **overrides) -> "TrainConfig":
+        _check_known_keys(type(self), overrides)
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        _check_known_keys(cls, d)
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One run: model, data and recipe. Written as `config.json` next to the checkpoints."""
+
+    model: ModelConfig
+    data: Any
+    train: TrainConfig
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "data": self.data.to_dict(),
+                "train": dataclasses.asdict(self.train)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
+        from efficientnet_tf.data.config import DataConfig
+
+        _check_known_keys(cls, d)
+        return cls(model=ModelConfig.from_dict(d["model"]), data=DataConfig.from_dict(d["data"]),
+                   train=TrainConfig.from_dict(d["train"]))
