@@ -8,7 +8,7 @@ from absl import flags
 
 from efficientnet_tf import config as cfg
 
-MODES = ("train", "eval", "train_and_eval", "convert", "profile")
+MODES = ("train", "eval", "train_and_eval", "prepare", "convert", "profile")
 
 
 def define_flags():
@@ -58,6 +58,10 @@ def define_flags():
                          "synthetic: training examples generated.")
     flags.DEFINE_integer("synthetic_eval_size", data_defaults.synthetic_eval_size,
                          "synthetic: eval examples generated.")
+
+    flags.DEFINE_string("source_dir", None, "prepare: the extracted official dataset (layouts in "
+                        "docs/datasets.md).")
+    flags.DEFINE_bool("overwrite", False, "prepare: replace an existing conversion in --data_dir.")
 
     # Training recipe (SPEC 2). Defaults are the reference's.
     defaults = cfg.TrainConfig()

@@ -66,13 +66,24 @@ def _print_eval(result, trainer):
           f"{os.path.join(trainer.model_dir, 'eval_results.json')}")
 
 
+def run_prepare():
+    from efficientnet_tf.data import prepare
+
+    cli_flags.require(FLAGS, "dataset", "source_dir", "data_dir")
+    summary = prepare(FLAGS.dataset, FLAGS.source_dir, FLAGS.data_dir, overwrite=FLAGS.overwrite,
+                      seed=FLAGS.seed or 0)
+    print(json.dumps(summary, indent=2))
+    print(f"Wrote {FLAGS.data_dir}: train with --dataset={FLAGS.dataset} "
+          f"--data_dir={FLAGS.data_dir}")
+
+
 def run_convert():
     from efficientnet_tf import weights
 
     cli_flags.require(FLAGS, "ckpt_path", "output")
     config = cli_flags.model_config_from_flags(FLAGS)
-    path = weights.convert(config.name if FLAGS.phi is None else None, FLAGS.ckpt_path,
-                           FLAGS.output, config=config)
+    path = weights.convert(None, FLAGS.ckpt_path, FLAGS.output, config=config,
+                           num_classes=FLAGS.num_classes)
     print(f"Wrote {path}")
 
 
@@ -98,6 +109,7 @@ MODE_RUNNERS = {
     "train": run_train,
     "eval": run_eval,
     "train_and_eval": lambda: run_train(evaluate=True),
+    "prepare": run_prepare,
     "convert": run_convert,
     "profile": run_profile,
 }

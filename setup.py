@@ -20,6 +20,7 @@ setup(
         "numpy",
         "h5py",
         "pillow",
+        "scipy",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout"],

@@ -1,0 +1,137 @@
+"""`DataConfig`: everything that selects and shapes an input pipeline, except per-call sizes.
+
+Batch sizes and the image size are passed per call (they differ between train and eval, and the
+resolution belongs to the model), so one `DataConfig` serves every pipeline of a run.
+Pure Python: validated and serialized before TensorFlow is touched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+# Sources whose data comes from TFDS builders (name in this project -> TFDS builder name).
+TFDS_BUILDERS = {
+    "imagenet": "imagenet2012",
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "oxford_flowers102": "oxford_flowers102",
+    "oxford_iiit_pet": "oxford_iiit_pet",
+    "food101": "food101",
+    "stanford_cars": "cars196",
+}
+# Converted by `prepare` from the official archives into ImageNet-format TFRecords.
+PREPARE_DATASETS = ("stanford_cars", "fgvc_aircraft", "birdsnap", "folder")
+DATASETS = ("imagenet", "cifar10", "cifar100", "oxford_flowers102", "oxford_iiit_pet", "food101",
+            "stanford_cars", "fgvc_aircraft", "birdsnap", "folder", "synthetic")
+AUGMENT_NAMES = ("autoaugment", "randaugment")
+MAX_RANDAUG_MAGNITUDE = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Input-pipeline settings. Frozen; build variants with `replace`.
+
+    tfds: True reads the TFDS builder, False ImageNet-format TFRecords, None decides from what
+      `data_dir` holds (`train-*-of-*` files -> TFRecords, otherwise the TFDS builder).
+    holdout_shards: hold out the first N `train-*` shards as the eval split ("minival").
+    cache: cache encoded records in memory; None = only for the small TFDS datasets.
+    reference_bicubic: resize with the TF1 bicubic kernel of the reference (for evaluating the
+      official checkpoints exactly as they were evaluated).
+    num_classes: overrides the dataset's class count (required for TFRecords without metadata
+      in the `folder` dataset); for `synthetic`, the number of classes generated (default 10).
+    seed: seeds synthetic data and, with `deterministic`, every shuffle and augmentation.
+    """
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    tfds: bool | None = None
+    holdout_shards: int = 0
+    num_classes: int | None = None
+    augment_name: str | None = None
+    randaug_num_layers: int = 2
+    randaug_magnitude: float = 10.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    reference_bicubic: bool = False
+    deterministic: bool = False
+    seed: int = 0
+    cache: bool | None = None
+    shuffle_buffer_size: int = 10_000
+    synthetic_train_size: int = 2048
+    synthetic_eval_size: int = 512
+    synthetic_image_size: int = 64
+
+    def __post_init__(self):
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", str(self.data_dir))
+        object.__setattr__(self, "randaug_magnitude", float(self.randaug_magnitude))
+        object.__setattr__(self, "mixup_alpha", float(self.mixup_alpha))
+        object.__setattr__(self, "cutmix_alpha", float(self.cutmix_alpha))
+        self.validate()
+
+    def validate(self):
+        def check(ok, field, msg):
+            if not ok:
+                raise ValueError(f"DataConfig.{field}={getattr(self, field)!r}: {msg}")
+
+        check(self.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}")
+        if self.dataset == "synthetic":
+            check(self.data_dir is None, "data_dir",
+                  "the synthetic dataset is generated in memory; do not pass a data_dir")
+        else:
+            check(bool(self.data_dir), "data_dir", f"dataset {self.dataset!r} needs a data_dir")
+        check(self.tfds is None or isinstance(self.tfds, bool), "tfds", "must be True, False or None")
+        if self.tfds:
+            check(self.dataset in TFDS_BUILDERS, "tfds",
+                  f"dataset {self.dataset!r} has no TFDS builder; TFDS sources: "
+                  f"{', '.join(TFDS_BUILDERS)}")
+        check(isinstance(self.holdout_shards, int) and self.holdout_shards >= 0, "holdout_shards",
+              "must be an integer >= 0")
+        if self.holdout_shards:
+            check(self.dataset != "synthetic" and not self.tfds, "holdout_shards",
+                  "holds out TFRecord shards; not available for TFDS or synthetic data")
+        check(self.num_classes is None or (isinstance(self.num_classes, int)
+                                           and self.num_classes >= 2),
+              "num_classes", "must be None or an integer >= 2")
+        check(self.augment_name is None or self.augment_name in AUGMENT_NAMES, "augment_name",
+              f"must be None or one of {', '.join(AUGMENT_NAMES)}")
+        check(isinstance(self.randaug_num_layers, int) and self.randaug_num_layers >= 1,
+              "randaug_num_layers", "must be an integer >= 1")
+        check(0.0 <= self.randaug_magnitude <= MAX_RANDAUG_MAGNITUDE, "randaug_magnitude",
+              f"must be in [0, {MAX_RANDAUG_MAGNITUDE:g}] (the reference uses 10, 17 for B5, 28 for B7)")
+        check(self.mixup_alpha >= 0.0, "mixup_alpha", "must be >= 0 (0 disables mixup)")
+        check(self.cutmix_alpha >= 0.0, "cutmix_alpha", "must be >= 0 (0 disables cutmix)")
+        check(self.cache is None or isinstance(self.cache, bool), "cache", "must be True, False or None")
+        check(isinstance(self.shuffle_buffer_size, int) and self.shuffle_buffer_size >= 1,
+              "shuffle_buffer_size", "must be an integer >= 1")
+        check(isinstance(self.seed, int), "seed", "must be an integer")
+        for field in ("synthetic_train_size", "synthetic_eval_size"):
+            check(isinstance(getattr(self, field), int) and getattr(self, field) >= 1, field,
+                  "must be an integer >= 1")
+        check(isinstance(self.synthetic_image_size, int) and self.synthetic_image_size >= 8,
+              "synthetic_image_size", "must be an integer >= 8")
+
+    @property
+    def mixes_labels(self) -> bool:
+        """Mixup/cutmix produce soft labels, so the pipeline then yields one-hot labels."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    def replace(self, **overrides) -> "DataConfig":
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"Unknown DataConfig keys: {unknown}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DataConfig":
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"Unknown DataConfig keys: {unknown}")
+        return cls(**d)

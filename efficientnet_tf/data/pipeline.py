@@ -1,0 +1,252 @@
+"""`build_dataset` / `distributed_dataset`: batched, preprocessed tf.data pipelines per replica.
+
+Element formats:
+- training: `(images, labels)`; images float32 [B, S, S, 3] in [0, 255], labels int32 [B], or
+  float32 one-hot [B, K] when `one_hot` (always when mixup/cutmix is on: the labels are mixed).
+  Infinite (repeats), shuffled, every batch full (B = per-replica batch).
+- eval: `(images, labels, weights)`; weights float32 [B], 1 for real examples and 0 for padding.
+  Never shuffled; every example of the split appears exactly once across all pipelines, and the
+  last batches are padded so that every replica gets `eval_steps(...)` full batches. Pass the
+  weights as Keras `sample_weight` so that metrics ignore the padding.
+
+A record that fails to parse or decode is, in training, skipped, logged and counted in a
+`SkipCounter`; in eval it raises an error naming the record (eval must not silently change its
+denominator).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+
+import tensorflow as tf
+
+from efficientnet_tf.data import preprocessing
+from efficientnet_tf.data.augment import ImageAugmenter, LabelMixer
+from efficientnet_tf.data.config import DataConfig
+from efficientnet_tf.data.sources import DatasetInfo, ReadOptions, check_split, resolve_source
+
+AUTOTUNE = tf.data.AUTOTUNE
+log = logging.getLogger(__name__)
+
+
+class SkipCounter:
+    """Counts training records skipped as corrupt or undecodable (thread-safe).
+
+    The pipeline updates it as records flow through, so at the end of an epoch it has seen every
+    record consumed so far (plus the few already prefetched). Read `count` or `reset()` there.
+    """
+
+    LOG_FIRST = 20
+    LOG_EVERY = 100
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def reset(self) -> int:
+        """Return the count and start again from zero (e.g. once per epoch)."""
+        with self._lock:
+            count, self._count = self._count, 0
+        return count
+
+    def record(self, where) -> bool:
+        with self._lock:
+            self._count += 1
+            count = self._count
+        if count <= self.LOG_FIRST or count % self.LOG_EVERY == 0:
+            name = where.numpy().decode(errors="replace") if hasattr(where, "numpy") else where
+            log.warning("Skipped an undecodable training record (%d so far), one of: %s",
+                        count, name)
+        return False
+
+
+GUARD_CHUNK = 8  # records per isolated group in training (amortizes the per-group dataset cost)
+
+
+def _guard(process, image_size: int):
+    """Run `process(payload, seed) -> (image, label)` on a group of records, failures flagged.
+
+    The group's records pass through their own small dataset with `ignore_errors`, followed by
+    failure placeholders, of which exactly as many elements as records are kept: one
+    `(image, label, ok, where)` per record, the failed ones last. A placeholder's `where` names the
+    group's records (just the one record for groups of one, as in eval).
+    """
+    def guarded(payloads, seeds, wheres):
+        good = tf.data.Dataset.from_tensor_slices((payloads, seeds, wheres)).map(
+            lambda p, s, w: (*process(p, s), tf.constant(True), w)).ignore_errors()
+        failed = tf.data.Dataset.from_tensors(
+            (tf.zeros([image_size, image_size, 3]), tf.constant(-1, tf.int32), tf.constant(False),
+             tf.strings.reduce_join(wheres, separator=" or "))).repeat()
+        return good.concatenate(failed).take(tf.cast(tf.shape(wheres)[0], tf.int64))
+    return guarded
+
+
+def _label_check(num_classes: int, dataset: str):
+    """`check(image, label)`: an error for labels outside [0, num_classes) (never skipped)."""
+    def check(image, label):
+        ok = tf.logical_and(label >= 0, label < num_classes)
+        assertion = tf.debugging.Assert(ok, [
+            f"Label out of range [0, {num_classes}) in dataset {dataset!r}: wrong num_classes, or "
+            "TFRecords whose image/class/label is not 1-based. Label:", label])
+        with tf.control_dependencies([assertion]):
+            return tf.identity(image), label
+    return check
+
+
+def resolve_one_hot(config: DataConfig, one_hot: bool | None) -> bool:
+    if one_hot is None:
+        return config.mixes_labels
+    if not one_hot and config.mixes_labels:
+        raise ValueError("mixup/cutmix mix labels, so they need one-hot labels; pass one_hot=True "
+                         "or None.")
+    return bool(one_hot)
+
+
+def build_dataset(config: DataConfig, split: str, global_batch_size: int, *, image_size: int,
+                  input_context: tf.distribute.InputContext | None = None,
+                  is_training: bool | None = None, one_hot: bool | None = None,
+                  skip_counter: SkipCounter | None = None) -> tf.data.Dataset:
+    """The batched pipeline for `split` ("train" or "eval"); see the module docstring.
+
+    is_training defaults to split == "train" (training mode = shuffle, augment, repeat).
+    With an `input_context`, yields per-replica batches of this input pipeline's share.
+    """
+    check_split(split)
+    if not isinstance(global_batch_size, int) or global_batch_size < 1:
+        raise ValueError(f"global_batch_size={global_batch_size!r}: must be a positive integer")
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size={image_size!r}: must be an integer >= 8")
+    is_training = split == "train" if is_training is None else is_training
+    one_hot = resolve_one_hot(config, one_hot)
+    source = resolve_source(config)
+    ctx = input_context or tf.distribute.InputContext()
+    if global_batch_size % ctx.num_replicas_in_sync:
+        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by the "
+                         f"{ctx.num_replicas_in_sync} replicas.")
+    batch_size = ctx.get_per_replica_batch_size(global_batch_size)
+    seed = config.seed * 1_000_003 + ctx.input_pipeline_id if config.deterministic else None
+    options = ReadOptions(
+        training=is_training, pipeline_id=ctx.input_pipeline_id,
+        num_pipelines=ctx.num_input_pipelines, seed=seed, deterministic=config.deterministic,
+        # A buffer beyond one epoch only delays the first batch (it fills from repeated data).
+        shuffle_buffer_size=min(config.shuffle_buffer_size, source.info.split_size(split)),
+        cache=source.default_cache if config.cache is None else config.cache)
+    if is_training:
+        ds = _train_examples(config, source, split, options, image_size,
+                             skip_counter or SkipCounter())
+    else:
+        ds = _eval_examples(config, source, split, options, image_size, global_batch_size,
+                            batch_size, ctx)
+    ds = ds.batch(batch_size, drop_remainder=True)  # eval: an exact multiple, padding included
+    num_classes = source.info.num_classes
+    if one_hot:
+        ds = ds.map(lambda images, labels, *w: (images, tf.one_hot(labels, num_classes), *w),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
+    if is_training and config.mixes_labels:
+        # Sequential: the Keras layers draw from seed generators, so order matters for determinism.
+        ds = ds.map(LabelMixer(config.mixup_alpha, config.cutmix_alpha, seed=seed))
+    ds = ds.prefetch(AUTOTUNE)
+    data_options = tf.data.Options()
+    data_options.deterministic = config.deterministic or not is_training
+    if input_context is not None:
+        # Sharded here already (files or elements per input pipeline).
+        data_options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF)
+    return ds.with_options(data_options)
+
+
+def _train_examples(config, source, split, options, image_size, skip_counter):
+    augment = (ImageAugmenter(config.augment_name, num_layers=config.randaug_num_layers,
+                              magnitude=config.randaug_magnitude)
+               if config.augment_name else None)
+
+    def process(payload, seed):
+        image, label = source.decode(payload)
+        return preprocessing.preprocess_for_train(
+            image, image_size, seed, reference_bicubic=config.reference_bicubic,
+            augment=augment), label
+
+    def count_failures(image, label, ok, where):
+        ok = tf.cond(ok, lambda: ok, lambda: tf.ensure_shape(
+            tf.py_function(skip_counter.record, [where], tf.bool), []))
+        return image, label, ok
+
+    check = _label_check(source.info.num_classes, config.dataset)
+    pipeline_id = tf.constant(options.pipeline_id, tf.int64)
+    records = tf.data.Dataset.zip((source.records(split, options),
+                                   tf.data.Dataset.random(seed=options.seed)))
+    ds = records.map(lambda record, r: (record[0], tf.stack([r, pipeline_id]), record[1]))
+    ds = ds.batch(GUARD_CHUNK).interleave(_guard(process, image_size), cycle_length=AUTOTUNE,
+                                          num_parallel_calls=AUTOTUNE,
+                                          deterministic=config.deterministic)
+    ds = ds.map(count_failures).filter(lambda image, label, ok: ok)
+    return ds.map(lambda image, label, ok: check(image, label))
+
+
+def _eval_examples(config, source, split, options, image_size, global_batch_size, batch_size, ctx):
+    info = source.info
+    size = info.split_size(split)
+    # Element sharding: pipeline i holds examples i, i + P, i + 2P, ...
+    own = len(range(options.pipeline_id, size, options.num_pipelines))
+    replicas_per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+    total = eval_steps(info, global_batch_size, split) * replicas_per_pipeline * batch_size
+
+    def process(payload, seed):
+        del seed
+        image, label = source.decode(payload)
+        return preprocessing.preprocess_for_eval(
+            image, image_size, reference_bicubic=config.reference_bicubic), label
+
+    check = _label_check(info.num_classes, config.dataset)
+
+    def require_ok(image, label, ok, where):
+        assertion = tf.debugging.Assert(ok, [
+            f"Corrupt or undecodable record in the {split} split of {info.name!r} "
+            f"({getattr(info, split + '_split')}); eval does not skip records, since that would "
+            "change its denominator. Record:", where])
+        with tf.control_dependencies([assertion]):
+            image, label = check(image, label)
+            return tf.identity(image), label, tf.constant(1.0)
+
+    zero_seed = tf.zeros([2], tf.int64)
+    ds = source.records(split, options).map(lambda payload, where: (payload, zero_seed, where))
+    ds = ds.batch(1).interleave(_guard(process, image_size), cycle_length=AUTOTUNE,
+                                num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(require_ok, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(own))
+    padding = tf.data.Dataset.from_tensors(
+        (tf.zeros([image_size, image_size, 3]), tf.constant(0, tf.int32), tf.constant(0.0)))
+    return ds.concatenate(padding.repeat(total - own))
+
+
+def distributed_dataset(strategy: tf.distribute.Strategy, config: DataConfig, split: str,
+                        global_batch_size: int, *, image_size: int, is_training: bool | None = None,
+                        one_hot: bool | None = None, skip_counter: SkipCounter | None = None):
+    """Per-replica pipelines via `strategy.distribute_datasets_from_function`."""
+    replicas = strategy.num_replicas_in_sync
+    if global_batch_size % replicas:
+        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by the "
+                         f"{replicas} replicas of {type(strategy).__name__}.")
+    return strategy.distribute_datasets_from_function(
+        lambda ctx: build_dataset(config, split, global_batch_size, image_size=image_size,
+                                  input_context=ctx, is_training=is_training, one_hot=one_hot,
+                                  skip_counter=skip_counter))
+
+
+def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
+    """Full global batches in one pass over the training split."""
+    steps = info.train_size // global_batch_size
+    if steps < 1:
+        raise ValueError(f"The {info.name} train split has {info.train_size} examples, fewer than "
+                         f"one global batch of {global_batch_size}.")
+    return steps
+
+
+def eval_steps(info: DatasetInfo, global_batch_size: int, split: str = "eval") -> int:
+    """Steps that cover `split` exactly once in eval mode (the last batches padded)."""
+    return math.ceil(info.split_size(split) / global_batch_size)
