@@ -21,6 +21,7 @@ from efficientnet_tf import data as data_lib
 from efficientnet_tf.config import ExperimentConfig
 from efficientnet_tf.distribute import resolve_mixed_precision, strategy_device_kind
 from efficientnet_tf.model import build_model
+from efficientnet_tf.weights import save_weights_atomic
 from efficientnet_tf.training.ema import ExponentialMovingAverage
 from efficientnet_tf.training.optimizer import build_optimizer
 from efficientnet_tf.training.regularization import classification_loss, l2_loss
@@ -38,14 +39,6 @@ def write_json_atomic(path: str, obj) -> None:
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(json.dumps(obj, indent=2, sort_keys=True))
     tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def save_weights_atomic(model: keras.Model, path: str) -> None:
-    """Keras writes .weights.h5 in place; write a sibling and rename so readers never see half."""
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
-    model.save_weights(tmp)
-    os.replace(tmp, path)
 
 
 class Trainer:

@@ -1,0 +1,462 @@
+"""Weight import: converted files, keras.applications files and official TF1 checkpoints.
+
+Every source is first read into one form -- {our layer path: [(source name, array), ...]} with
+paths like `stem_conv`, `block2a/expand_conv`, `block2a/se/se_reduce`, `predictions` -- and then
+copied by `_assign`, which checks everything before it touches a variable: anything missing,
+unexpected or mis-shaped is reported together in one ValueError, never as a partial load.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+
+import h5py
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from efficientnet_tf import config as cfg
+from efficientnet_tf.layers import MBConvBlock
+from efficientnet_tf.model import build_feature_extractor, build_model, resolve_config
+
+# Source kinds.
+TF1_CHECKPOINT = "tf1_checkpoint"
+LEGACY_H5 = "keras_applications_legacy_h5"
+KERAS_APPLICATIONS_H5 = "keras_applications_weights_h5"
+EFFICIENTNET_TF_H5 = "efficientnet_tf_weights_h5"
+
+# Layers a headless target (backbone, feature extractor) may leave unused.
+_CLASSIFIER = "predictions"
+_HEAD_ONLY = ("top_conv", "top_bn", _CLASSIFIER)
+
+_KA_BLOCK_RE = re.compile(r"^(block\d+[a-z]+)_(expand_conv|expand_bn|dwconv|bn|se_reduce|se_expand"
+                          r"|project_conv|project_bn)$")
+_KA_TOP_LEVEL = ("stem_conv", "stem_bn", "top_conv", "top_bn", _CLASSIFIER)
+# keras.applications normalizes with a stateful, auto-named layer; ours is constant ops (SPEC 3).
+_KA_NORMALIZATION_RE = re.compile(r"^normalization(_\d+)?$")
+
+# Fields that decide the graph (and so the weights), as opposed to training or input settings.
+_ARCHITECTURE_FIELDS = ("width_coefficient", "depth_coefficient", "blocks", "stem_filters",
+                        "head_filters", "fix_head_stem", "depth_divisor", "min_depth", "activation")
+
+_EMA_SUFFIX = "/ExponentialMovingAverage"
+_BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceInfo:
+    """What a weights source is, found from its header alone (no arrays read)."""
+
+    kind: str
+    path: str  # the file, or the TF1 checkpoint prefix
+    classes: int | None  # classifier width; None when the source has no classifier
+    has_head: bool = True  # False only for our own feature-extractor files
+
+
+@dataclasses.dataclass
+class _Source:
+    origin: str
+    weights: dict  # layer path -> [(source name, np.ndarray), ...]
+    missing: list = dataclasses.field(default_factory=list)  # source names
+    unexpected: list = dataclasses.field(default_factory=list)  # source names
+    incomplete: set = dataclasses.field(default_factory=set)  # paths already reported missing
+
+
+def inspect_source(path) -> SourceInfo:
+    """Detect the format of `path`: a TF1 checkpoint (prefix or directory) or an h5 layout."""
+    path = os.fspath(path)
+    prefix = _tf1_prefix(path)
+    if prefix is not None:
+        shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+        dense = [n for n in shapes if n.endswith("/head/dense/kernel")]
+        return SourceInfo(TF1_CHECKPOINT, prefix, shapes[dense[0]][-1] if dense else None)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Weights source not found: {path}")
+    if not h5py.is_hdf5(path):
+        raise ValueError(
+            f"{path}: not a weights source this package reads. Expected a TF1 checkpoint (prefix "
+            "or directory with a 'checkpoint' file), a keras.applications EfficientNet .h5 or "
+            ".weights.h5 file, or a file written by `convert`.")
+    with h5py.File(path, "r") as f:
+        root = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" in root.attrs:
+            names = [_text(n) for n in root.attrs["layer_names"]]
+            classes = None
+            if _CLASSIFIER in names and root[_CLASSIFIER].attrs["weight_names"].size:
+                kernel = root[_CLASSIFIER][_text(root[_CLASSIFIER].attrs["weight_names"][0])]
+                classes = kernel.shape[-1]
+            return SourceInfo(LEGACY_H5, path, classes)
+        if "layers" in f:
+            classes = f["layers/dense/vars/0"].shape[-1] if "layers/dense/vars/0" in f else None
+            if "layers/mb_conv_block" in f:
+                return SourceInfo(EFFICIENTNET_TF_H5, path, classes,
+                                  has_head="layers/conv2d_1" in f)
+            if "layers/depthwise_conv2d" in f and "layers/normalization" in f:
+                return SourceInfo(KERAS_APPLICATIONS_H5, path, classes)
+    raise ValueError(
+        f"{path}: an HDF5 file, but neither the legacy Keras layout (root attribute 'layer_names') "
+        "nor a Keras 3 .weights.h5 of an EfficientNet (ours or keras.applications).")
+
+
+def load_weights(model: keras.Model, path) -> None:
+    """Load a converted file, a keras.applications .h5/.weights.h5 or an official TF1 checkpoint
+    into a model from build_model/build_feature_extractor.
+
+    Headless targets skip the source's head; a classifier of another width is skipped (logged).
+    """
+    config = _model_config(model)
+    _assign(model, _read_source(inspect_source(path), config, model))
+
+
+def convert(model_name, ckpt_path, output, *, num_classes=None, overrides=None,
+            config=None) -> str:
+    """Import `ckpt_path` into our model and write it to `output` (.weights.h5), atomically.
+
+    The architecture comes from `config`, or `model_name` plus `overrides`. The classifier width
+    is `num_classes` when given, else the source's (config.num_classes is not used for it). A source
+    without a classifier (e.g. `efficientnetb0_notop.h5`) gives a backbone file (include_top=False).
+    """
+    output = os.fspath(output)
+    if not output.endswith(".weights.h5"):
+        raise ValueError(f"output={output!r}: must end with '.weights.h5'.")
+    if config is not None and model_name not in (None, config.name):
+        raise ValueError(f"model_name={model_name!r} contradicts config.name={config.name!r}.")
+    config = resolve_config(model_name=None if config else model_name, config=config,
+                            **(overrides or {}))
+    info = inspect_source(ckpt_path)
+    classes = num_classes if num_classes is not None else info.classes
+    if classes is None:
+        logging.info("%s has no classifier: writing a backbone (include_top=False).", info.path)
+    model = build_model(config=config, include_top=classes is not None,
+                        classes=classes if classes is not None else config.num_classes)
+    _assign(model, _read_source(info, config, model))
+    save_weights_atomic(model, output)
+    logging.info("Converted %s (%s) to %s.", info.path, info.kind, output)
+    return output
+
+
+def save_weights_atomic(model: keras.Model, output) -> str:
+    """Keras writes .weights.h5 in place: write a temp sibling and rename, so an interrupted
+    save never leaves half a file at `output`."""
+    output = os.fspath(output)
+    if not output.endswith(".weights.h5"):
+        raise ValueError(f"output={output!r}: must end with '.weights.h5'.")
+    out_dir = os.path.dirname(os.path.abspath(output))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tmp-", suffix=".weights.h5")
+    os.close(fd)
+    try:
+        model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return output
+
+
+def weight_layers(model: keras.Model) -> dict:
+    """{layer path: layer} for every layer that owns weights, MBConv sub-layers included."""
+    out = {}
+    for layer in model.layers:
+        if isinstance(layer, MBConvBlock):
+            for sub in (layer.expand_conv, layer.expand_bn, layer.dwconv, layer.bn,
+                        layer.project_conv, layer.project_bn):
+                if sub is not None:
+                    out[f"{layer.name}/{sub.name}"] = sub
+            if layer.se is not None:
+                for sub in (layer.se.se_reduce, layer.se.se_expand):
+                    out[f"{layer.name}/se/{sub.name}"] = sub
+        elif layer.weights:
+            out[layer.name] = layer
+    return out
+
+
+def _model_config(model) -> cfg.ModelConfig:
+    config = getattr(model, "efficientnet_config", None)
+    if config is None:
+        raise ValueError(f"load_weights: model {model.name!r} has no efficientnet_config; build it "
+                         "with build_model or build_feature_extractor.")
+    return config
+
+
+def _text(value) -> str:
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+def _tf1_prefix(path: str) -> str | None:
+    """The checkpoint prefix when `path` names a TF1 checkpoint, else None."""
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "checkpoint")):
+            raise FileNotFoundError(f"{path}: a directory without a 'checkpoint' file; pass the "
+                                    f"checkpoint prefix (e.g. {path}/model.ckpt-12345) instead.")
+        prefix = tf.train.latest_checkpoint(path)
+        if prefix is None:
+            raise FileNotFoundError(f"{path}/checkpoint names no checkpoint whose files exist.")
+        return prefix
+    if path.endswith(".index") and os.path.exists(path):
+        return path[: -len(".index")]
+    if os.path.exists(path + ".index"):
+        return path
+    return None
+
+
+def _read_source(info: SourceInfo, config: cfg.ModelConfig, target: keras.Model) -> _Source:
+    if info.kind == TF1_CHECKPOINT:
+        return _read_tf1(info.path, target)
+    if info.kind == LEGACY_H5:
+        return _from_keras_applications(_read_legacy_h5(info.path), info.path, config)
+    if info.kind == KERAS_APPLICATIONS_H5:
+        return _read_keras_applications_h5(info, config)
+    return _read_efficientnet_tf_h5(info, config)
+
+
+def _assign(model: keras.Model, source: _Source) -> None:
+    """Check every layer first, then copy; one ValueError lists all problems."""
+    targets = weight_layers(model)
+    missing = list(source.missing)
+    missing += [p for p in targets if p not in source.weights and p not in source.incomplete]
+    unexpected = list(source.unexpected)
+    mismatched, not_in_model, skip_classifier = [], [], False
+    for path, arrays in source.weights.items():
+        layer = targets.get(path)
+        if layer is None:
+            if path in _HEAD_ONLY:
+                not_in_model.append(path)
+            else:
+                unexpected += [name for name, _ in arrays]
+            continue
+        want = [tuple(w.shape) for w in layer.weights]
+        got = [tuple(a.shape) for _, a in arrays]
+        if want == got:
+            continue
+        if path == _CLASSIFIER and len(got) == 2 and got[0][:-1] == want[0][:-1]:
+            logging.info("%s: classifier has %d classes, the model %d: not loading %r.",
+                         source.origin, got[0][-1], want[0][-1], path)
+            skip_classifier = True
+            continue
+        mismatched.append(f"{path} expects {want}, got "
+                          + ", ".join(f"{name} {tuple(a.shape)}" for name, a in arrays))
+    if missing or unexpected or mismatched:
+        parts = [f"{label} ({len(items)}): " + "; ".join(items)
+                 for label, items in (("missing", missing), ("unexpected", unexpected),
+                                      ("shape mismatch", mismatched)) if items]
+        raise ValueError(f"Cannot load {source.origin} into model {model.name!r}: "
+                         + " | ".join(parts))
+    for path, layer in targets.items():
+        if not (skip_classifier and path == _CLASSIFIER):
+            layer.set_weights([np.asarray(a, dtype=w.dtype)
+                               for (_, a), w in zip(source.weights[path], layer.weights)])
+    if not_in_model:
+        logging.info("%s: model %r has no %s; not loading them.", source.origin, model.name,
+                     not_in_model)
+    logging.info("Loaded %d layers from %s into %r.", len(targets) - skip_classifier,
+                 source.origin, model.name)
+
+
+# --- official TF1 checkpoints (SPEC 5) --------------------------------------------------------
+
+def _tf1_layer_names(target: keras.Model, with_classifier: bool) -> dict:
+    """{our path: [TF1 names without scope]} in Keras variable order; blocks_i in build order."""
+    def bn(prefix):
+        return [f"{prefix}/{v}" for v in _BN_VARS]
+
+    names = {"stem_conv": ["stem/conv2d/kernel"], "stem_bn": bn("stem/tpu_batch_normalization")}
+    blocks = [layer for layer in target.layers if isinstance(layer, MBConvBlock)]
+    for i, block in enumerate(blocks):
+        p, b = f"blocks_{i}", block.name
+        if block.expand_conv is not None:
+            names[f"{b}/expand_conv"] = [f"{p}/conv2d/kernel"]
+            names[f"{b}/expand_bn"] = bn(f"{p}/tpu_batch_normalization")
+            names[f"{b}/dwconv"] = [f"{p}/depthwise_conv2d/depthwise_kernel"]
+            names[f"{b}/bn"] = bn(f"{p}/tpu_batch_normalization_1")
+            names[f"{b}/project_conv"] = [f"{p}/conv2d_1/kernel"]
+            names[f"{b}/project_bn"] = bn(f"{p}/tpu_batch_normalization_2")
+        else:
+            names[f"{b}/dwconv"] = [f"{p}/depthwise_conv2d/depthwise_kernel"]
+            names[f"{b}/bn"] = bn(f"{p}/tpu_batch_normalization")
+            names[f"{b}/project_conv"] = [f"{p}/conv2d/kernel"]
+            names[f"{b}/project_bn"] = bn(f"{p}/tpu_batch_normalization_1")
+        if block.se is not None:
+            names[f"{b}/se/se_reduce"] = [f"{p}/se/conv2d/kernel", f"{p}/se/conv2d/bias"]
+            names[f"{b}/se/se_expand"] = [f"{p}/se/conv2d_1/kernel", f"{p}/se/conv2d_1/bias"]
+    names["top_conv"] = ["head/conv2d/kernel"]
+    names["top_bn"] = bn("head/tpu_batch_normalization")
+    if with_classifier:
+        names[_CLASSIFIER] = ["head/dense/kernel", "head/dense/bias"]
+    return names
+
+
+def _is_tf1_ignored(name: str) -> bool:
+    """Optimizer slots and the step counter carry no model state."""
+    return name == "global_step" or any(part.startswith("RMSProp") for part in name.split("/"))
+
+
+def _read_tf1(prefix: str, target: keras.Model) -> _Source:
+    reader = tf.train.load_checkpoint(prefix)
+    available = {n for n in reader.get_variable_to_shape_map() if not _is_tf1_ignored(n)}
+    config = _model_config(target)
+    scopes = sorted({n.split("/", 1)[0] for n in available})
+    if config.name in scopes:
+        scope = config.name
+    else:
+        candidates = [s for s in scopes if s.startswith("efficientnet")]
+        if len(candidates) != 1:
+            raise ValueError(f"{prefix}: expected one 'efficientnet-*' variable scope, found "
+                             f"{scopes}.")
+        scope = candidates[0]
+        logging.warning("%s: checkpoint scope %r, model %r: mapping by structure.", prefix, scope,
+                        config.name)
+    with_classifier = f"{scope}/head/dense/kernel" in available
+    source = _Source(origin=f"TF1 checkpoint {prefix}", weights={})
+    used, raw = set(), []
+    for path, names in _tf1_layer_names(target, with_classifier).items():
+        arrays = []
+        for short in names:
+            name = f"{scope}/{short}"
+            used.update((name, name + _EMA_SUFFIX))
+            if name + _EMA_SUFFIX in available:
+                arrays.append((name + _EMA_SUFFIX, reader.get_tensor(name + _EMA_SUFFIX)))
+            elif name in available:
+                arrays.append((name, reader.get_tensor(name)))
+                raw.append(name)
+            else:
+                source.missing.append(name)
+        if len(arrays) == len(names):
+            source.weights[path] = arrays
+        else:
+            source.incomplete.add(path)
+    source.unexpected = sorted(available - used)
+    total = sum(len(a) for a in source.weights.values())
+    logging.info("%s: %d of %d variables from ExponentialMovingAverage shadows.", prefix,
+                 total - len(raw), total)
+    if raw:
+        logging.info("%s: no EMA shadow, raw values used for: %s", prefix, raw)
+    return source
+
+
+# --- keras.applications files -----------------------------------------------------------------
+
+def _read_legacy_h5(path: str) -> dict:
+    """{keras layer name: [(weight name, array)]} from the Keras 2 layer-name keyed layout."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        root = f["model_weights"] if "model_weights" in f else f
+        for layer_name in (_text(n) for n in root.attrs["layer_names"]):
+            group = root[layer_name]
+            names = [_text(n) for n in group.attrs.get("weight_names", [])]
+            if names:
+                out[layer_name] = [(n, np.asarray(group[n])) for n in names]
+    return out
+
+
+def _keras_applications_variant(config: cfg.ModelConfig) -> int:
+    """i such that keras.applications.EfficientNetB{i} has the graph of `config`."""
+    for i in range(8):
+        ref = cfg.get_model_config(f"efficientnet-b{i}")
+        if all(getattr(config, f) == getattr(ref, f) for f in _ARCHITECTURE_FIELDS):
+            return i
+    raise ValueError(f"keras.applications provides EfficientNetB0..B7 only; model {config.name!r} "
+                     f"(width {config.width_coefficient}, depth {config.depth_coefficient}) is "
+                     "none of them.")
+
+
+@contextlib.contextmanager
+def _as_weights_h5(path: str):
+    """Keras 3 loads only names ending in '.weights.h5'; link other names to one."""
+    if path.endswith(".weights.h5"):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        link = os.path.join(tmp, "source.weights.h5")
+        try:
+            os.symlink(os.path.abspath(path), link)
+        except OSError:
+            shutil.copyfile(path, link)
+        yield link
+
+
+def _load_keras_h5_strict(model: keras.Model, path: str, what: str) -> None:
+    """Keras 3 `load_weights`, plus the check it lacks: no arrays left unused in the file."""
+    with h5py.File(path, "r") as f:
+        arrays = []
+        f.visititems(lambda n, o: arrays.append(n) if isinstance(o, h5py.Dataset) else None)
+    if len(arrays) != len(model.weights):
+        raise ValueError(f"{path}: holds {len(arrays)} arrays, {what} has {len(model.weights)} "
+                         "variables; the file is from another architecture.")
+    try:
+        with _as_weights_h5(path) as loadable:
+            model.load_weights(loadable)
+    except ValueError as e:
+        raise ValueError(f"{path}: does not match {what}: {e}") from e
+
+
+def _read_keras_applications_h5(info: SourceInfo, config: cfg.ModelConfig) -> _Source:
+    """Keras 3 files name arrays by position, so load into a keras.applications twin first."""
+    i = _keras_applications_variant(config)
+    twin = getattr(keras.applications, f"EfficientNetB{i}")(
+        weights=None, include_top=info.classes is not None, classes=info.classes or 1000)
+    _load_keras_h5_strict(twin, info.path, f"keras.applications.EfficientNetB{i}")
+    named = {layer.name: [(f"{layer.name}/{w.name}", np.asarray(w.numpy())) for w in layer.weights]
+             for layer in twin.layers if layer.weights}
+    return _from_keras_applications(named, info.path, config)
+
+
+def _from_keras_applications(named: dict, origin: str, config: cfg.ModelConfig) -> _Source:
+    """Rename `block1a_se_reduce` to `block1a/se/se_reduce` etc.; check the normalization."""
+    source = _Source(origin=origin, weights={})
+    for layer_name, arrays in named.items():
+        if _KA_NORMALIZATION_RE.match(layer_name):
+            _check_normalization(arrays, origin, config)
+            continue
+        m = _KA_BLOCK_RE.match(layer_name)
+        if m:
+            block, sub = m.groups()
+            path = f"{block}/se/{sub}" if sub.startswith("se_") else f"{block}/{sub}"
+        elif layer_name in _KA_TOP_LEVEL:
+            path = layer_name
+        else:
+            source.unexpected += [n for n, _ in arrays]
+            continue
+        source.weights[path] = arrays
+    return source
+
+
+def _check_normalization(arrays, origin: str, config: cfg.ModelConfig) -> None:
+    """Warn when the source normalized differently from our constants (SPEC 6).
+
+    keras.applications' imagenet files store stddev as the variance (and add a Rescaling layer to
+    compensate); a correctly set layer stores stddev^2. Both match our (x - mean) / std.
+    """
+    mean, variance = (np.ravel(a) for _, a in arrays[:2])
+    want_mean = np.asarray(config.mean_rgb) / 255.0
+    std = np.asarray(config.stddev_rgb) / 255.0
+    imagenet_file = np.allclose(variance, std, atol=1e-4)
+    if np.allclose(mean, want_mean, atol=1e-4) and (imagenet_file
+                                                    or np.allclose(variance, std ** 2, atol=1e-5)):
+        return
+    logging.warning(
+        "%s: its normalization layer has mean %s, variance %s (on [0, 1]); this model normalizes "
+        "with mean %s, std %s. Outputs will differ from the source model's.", origin,
+        np.round(mean, 4).tolist(), np.round(variance, 4).tolist(), np.round(want_mean, 4).tolist(),
+        np.round(std, 4).tolist())
+
+
+# --- files written by this package ------------------------------------------------------------
+
+def _read_efficientnet_tf_h5(info: SourceInfo, config: cfg.ModelConfig) -> _Source:
+    """Build the file's own structure for `config`, load it, then hand out arrays by path."""
+    if not info.has_head:
+        twin = build_feature_extractor(config=config)
+    else:
+        twin = build_model(config=config, include_top=info.classes is not None,
+                           classes=info.classes or config.num_classes)
+    _load_keras_h5_strict(twin, info.path, f"{config.name} ({twin.name})")
+    weights = {path: [(f"{path}/{w.name}", np.asarray(w.numpy())) for w in layer.weights]
+               for path, layer in weight_layers(twin).items()}
+    return _Source(origin=info.path, weights=weights)
