@@ -61,6 +61,25 @@ def _check_known_keys(cls, d: Mapping[str, Any]):
         raise ValueError(f"Unknown {cls.__name__} keys: {unknown}")
 
 
+class ConfigMixin:
+    """replace/to_dict/to_json/from_dict for the frozen config dataclasses; unknown keys fail."""
+
+    def replace(self, **overrides):
+        _check_known_keys(type(self), overrides)
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        _check_known_keys(cls, d)
+        return cls(**d)
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockArgs:
     """One stage of MBConv blocks, as decoded from a block string."""
@@ -129,7 +148,7 @@ def compound_coefficients(phi: float, alpha: float = ALPHA, beta: float = BETA, 
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ConfigMixin):
     """Everything that defines an EfficientNet graph. Frozen; build variants with `replace`."""
 
     name: str = "efficientnet-b0"
@@ -183,20 +202,6 @@ class ModelConfig:
     def block_args(self) -> tuple[BlockArgs, ...]:
         return tuple(decode_block_string(b) for b in self.blocks)
 
-    def replace(self, **overrides) -> "ModelConfig":
-        _check_known_keys(type(self), overrides)
-        return dataclasses.replace(self, **overrides)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
-        _check_known_keys(cls, d)
-        return cls(**d)
 
 
 ACTIVATIONS = ("swish", "relu6", "relu", "gelu")
@@ -270,7 +275,7 @@ BN_MODES = ("train", "frozen")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigMixin):
     """The training recipe (SPEC 2) and where its outputs go."""
 
     model_dir: str | None = None
@@ -328,15 +333,6 @@ class TrainConfig:
         check(self.bn_mode in BN_MODES, "bn_mode", f"must be one of {BN_MODES}")
         check(self.keep_checkpoint_max >= 1, "keep_checkpoint_max", "must be >= 1")
 
-    def replace(self, **overrides) -> "TrainConfig":
-        _check_known_keys(type(self), overrides)
-        return dataclasses.replace(self, **overrides)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        _check_known_keys(cls, d)
-        return cls(**d)
-
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
@@ -348,7 +344,7 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict:
         return {"model": self.model.to_dict(), "data": self.data.to_dict(),
-                "train": dataclasses.asdict(self.train)}
+                "train": self.train.to_dict()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -7,8 +7,8 @@ Pure Python: validated and serialized before TensorFlow is touched.
 from __future__ import annotations
 
 import dataclasses
-import json
-from typing import Any, Mapping
+
+from efficientnet_tf.config import ConfigMixin
 
 # Sources whose data comes from TFDS builders (name in this project -> TFDS builder name).
 TFDS_BUILDERS = {
@@ -29,7 +29,7 @@ MAX_RANDAUG_MAGNITUDE = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(ConfigMixin):
     """Input-pipeline settings. Frozen; build variants with `replace`.
 
     tfds: True reads the TFDS builder, False ImageNet-format TFRecords, None decides from what
@@ -117,21 +117,3 @@ class DataConfig:
         """Mixup/cutmix produce soft labels, so the pipeline then yields one-hot labels."""
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
-    def replace(self, **overrides) -> "DataConfig":
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ValueError(f"Unknown DataConfig keys: {unknown}")
-        return dataclasses.replace(self, **overrides)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DataConfig":
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"Unknown DataConfig keys: {unknown}")
-        return cls(**d)
