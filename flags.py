@@ -8,7 +8,7 @@ from absl import flags
 
 from efficientnet_tf import config as cfg
 
-MODES = ("train", "eval", "train_and_eval", "prepare", "convert", "profile")
+MODES = ("train", "eval", "train_and_eval", "prepare", "convert", "profile", "export", "predict")
 
 
 def define_flags():
@@ -61,7 +61,8 @@ def define_flags():
 
     flags.DEFINE_string("source_dir", None, "prepare: the extracted official dataset (layouts in "
                         "docs/datasets.md).")
-    flags.DEFINE_bool("overwrite", False, "prepare: replace an existing conversion in --data_dir.")
+    flags.DEFINE_bool("overwrite", False, "prepare/export: replace an existing conversion in "
+                      "--data_dir or export in --export_dir.")
 
     # Training recipe (SPEC 2). Defaults are the reference's.
     defaults = cfg.TrainConfig()
@@ -118,10 +119,22 @@ def define_flags():
                         "keras.applications .h5 or .weights.h5).")
     flags.DEFINE_string("output", None, "convert: destination .weights.h5 file.")
 
+    # Export and predict.
+    flags.DEFINE_string("export_dir", None, "export: destination directory (written atomically).")
+    flags.DEFINE_bool("hub_format", False, "export: TF-Hub-style reusable SavedModels "
+                      "classification/ and feature_vector/ (input [0, 1]) instead of the serving "
+                      "SavedModel.")
+    flags.DEFINE_bool("tflite", False, "export: EXPORT_DIR/model.tflite instead of a SavedModel.")
+    flags.DEFINE_enum("quantize", None, ["dynamic", "int8"], "export --tflite: post-training "
+                      "quantization; int8 calibrates on --dataset/--data_dir eval images.")
+    flags.DEFINE_string("saved_model", None, "predict: a serving SavedModel from --mode=export.")
+    flags.DEFINE_list("image", None, "predict: image file(s), comma-separated.")
+    flags.DEFINE_integer("top_k", 5, "predict: classes to report per image.")
+
     # Reports.
     flags.DEFINE_multi_string("models", None, "profile: models to report (repeatable or "
                               "comma-separated). Default: efficientnet-b0..b7, or --model.")
-    flags.DEFINE_string("output_json", None, "profile: also write the rows as JSON here.")
+    flags.DEFINE_string("output_json", None, "profile/predict: also write the result as JSON here.")
 
 
 def model_config_from_flags(FLAGS) -> cfg.ModelConfig:

@@ -48,7 +48,8 @@ def run_train(evaluate=False):
 
 
 def run_eval():
-    from efficientnet_tf.training.trainer import EVAL_RESULTS_FILE, write_json_atomic
+    from efficientnet_tf.files import write_json_atomic
+    from efficientnet_tf.training.trainer import EVAL_RESULTS_FILE
 
     trainer = _trainer()
     source = trainer.restore_for_eval()
@@ -77,6 +78,77 @@ def run_prepare():
           f"--data_dir={FLAGS.data_dir}")
 
 
+def _inference_model():
+    """(model, class_names) from --model_dir (EMA weights) or --weights + model flags."""
+    from efficientnet_tf import predict, weights
+    from efficientnet_tf.model import build_model
+    from efficientnet_tf.training.trainer import load_trained_model
+
+    if bool(FLAGS.model_dir) == bool(FLAGS.weights):
+        raise flags.ValidationError(f"--mode={FLAGS.mode} needs exactly one of --model_dir (a "
+                                    "training run) or --weights (a weights file).")
+    if FLAGS.model_dir:
+        return load_trained_model(FLAGS.model_dir), predict.class_names_for_run(FLAGS.model_dir)
+    config = cli_flags.model_config_from_flags(FLAGS)
+    if FLAGS.num_classes is None:
+        classes = weights.inspect_source(FLAGS.weights).classes
+        if classes is None:
+            raise ValueError(f"--weights={FLAGS.weights} has no classifier; export and predict "
+                             "need one.")
+        config = config.replace(num_classes=classes)
+    return build_model(config=config, weights=FLAGS.weights), None
+
+
+def run_export():
+    from efficientnet_tf import export
+
+    cli_flags.require(FLAGS, "export_dir")
+    if FLAGS.hub_format and FLAGS.tflite:
+        raise flags.ValidationError("Pass --hub_format or --tflite, not both.")
+    if FLAGS.quantize and not FLAGS.tflite:
+        raise flags.ValidationError("--quantize applies to --tflite exports only.")
+    model, class_names = _inference_model()
+    if FLAGS.hub_format:
+        paths = export.export_hub(model, FLAGS.export_dir, overwrite=FLAGS.overwrite)
+        print("Wrote " + ", ".join(paths.values()))
+    elif FLAGS.tflite:
+        calibration = None
+        if FLAGS.quantize == "int8":
+            calibration = export.calibration_images(cli_flags.data_config_from_flags(FLAGS),
+                                                    export.model_image_size(model, None))
+        path = export.export_tflite(model, os.path.join(FLAGS.export_dir, "model.tflite"),
+                                    quantize=FLAGS.quantize, representative_images=calibration,
+                                    overwrite=FLAGS.overwrite)
+        print(f"Wrote {path}")
+    else:
+        path = export.export_saved_model(model, FLAGS.export_dir, class_names=class_names,
+                                         reference_bicubic=FLAGS.reference_bicubic,
+                                         overwrite=FLAGS.overwrite)
+        print(f"Wrote {path} (signatures serving_default on image_bytes, serving_images on "
+              "float32 [0, 255])")
+
+
+def run_predict():
+    from efficientnet_tf import predict
+    from efficientnet_tf.files import write_json_atomic
+
+    cli_flags.require(FLAGS, "image")
+    if FLAGS.saved_model:
+        if FLAGS.model_dir or FLAGS.weights:
+            raise flags.ValidationError("Pass one of --saved_model, --model_dir or --weights.")
+        result = predict.predict_images(FLAGS.image, saved_model_dir=FLAGS.saved_model,
+                                        top_k=FLAGS.top_k)
+    else:
+        model, class_names = _inference_model()
+        result = predict.predict_images(FLAGS.image, model=model, top_k=FLAGS.top_k,
+                                        class_names=class_names,
+                                        reference_bicubic=FLAGS.reference_bicubic)
+    print(predict.format_predictions(result))
+    if FLAGS.output_json:
+        write_json_atomic(FLAGS.output_json, result)
+        print(f"Wrote {FLAGS.output_json}")
+
+
 def run_convert():
     from efficientnet_tf import weights
 
@@ -89,20 +161,13 @@ def run_convert():
 
 def run_profile():
     from efficientnet_tf import profile
+    from efficientnet_tf.files import write_json_atomic
 
     rows = profile.profile_models(cli_flags.profile_model_names(FLAGS))
     print(profile.format_profile_table(rows))
     if FLAGS.output_json:
-        _write_json(FLAGS.output_json, rows)
+        write_json_atomic(FLAGS.output_json, rows)
         print(f"Wrote {FLAGS.output_json}")
-
-
-def _write_json(path, obj):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 MODE_RUNNERS = {
@@ -112,6 +177,8 @@ MODE_RUNNERS = {
     "prepare": run_prepare,
     "convert": run_convert,
     "profile": run_profile,
+    "export": run_export,
+    "predict": run_predict,
 }
 assert set(MODE_RUNNERS) == set(cli_flags.MODES)
 

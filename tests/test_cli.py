@@ -105,3 +105,58 @@ def test_readme_commands_are_current(tmp_path):
     proc = run_main(*args, "--train_steps=2", "--steps_per_eval=2", "--steps_per_loop=1",
                     "--synthetic_eval_size=32", f"--model_dir={tmp_path}")
     assert "step 2/2" in proc.stdout and f"{tmp_path}/eval_results.json" in proc.stdout
+
+
+def test_export_and_predict_from_a_training_run(tmp_path):
+    import tensorflow as tf
+    from efficientnet_tf.data.testing import encode, natural_image
+
+    run = tmp_path / "run"
+    run_main("--mode=train", "--dataset=synthetic", "--model=efficientnet-b0",
+             "--width_coefficient=0.25", "--depth_coefficient=0.2", "--image_size=32",
+             "--train_batch_size=8", "--train_steps=2", "--steps_per_eval=2",
+             "--synthetic_train_size=16", f"--model_dir={run}")
+    images = []
+    for i, fmt in enumerate(("JPEG", "PNG")):
+        path = tmp_path / f"img{i}.{fmt.lower()}"
+        path.write_bytes(encode(natural_image(50, 60, seed=i), fmt))
+        images.append(str(path))
+
+    serving = tmp_path / "serving"
+    proc = run_main("--mode=export", f"--model_dir={run}", f"--export_dir={serving}")
+    assert f"Wrote {serving}" in proc.stdout
+    loaded = tf.saved_model.load(str(serving))
+    assert {"serving_default", "serving_images"} <= set(loaded.signatures)
+    again = run_main("--mode=export", f"--model_dir={run}", f"--export_dir={serving}",
+                     check=False)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+    out_saved, out_keras = tmp_path / "p1.json", tmp_path / "p2.json"
+    run_main("--mode=predict", f"--saved_model={serving}", f"--image={','.join(images)}",
+             "--top_k=3", f"--output_json={out_saved}")
+    run_main("--mode=predict", f"--model_dir={run}", f"--image={','.join(images)}",
+             "--top_k=3", f"--output_json={out_keras}")
+    saved = json.loads(out_saved.read_text())["predictions"]
+    keras_side = json.loads(out_keras.read_text())["predictions"]
+    assert [p["image"] for p in saved] == images
+    for a, b in zip(saved, keras_side):
+        assert [t["index"] for t in a["top_k"]] == [t["index"] for t in b["top_k"]]
+        assert len(a["top_k"]) == 3
+        for ta, tb in zip(a["top_k"], b["top_k"]):
+            assert abs(ta["probability"] - tb["probability"]) < 1e-5
+            assert ta["label"] == tb["label"]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    proc = run_main("--mode=predict", f"--saved_model={serving}", f"--image={bad}",
+                    check=False)
+    assert proc.returncode == 2 and "bad.jpg" in proc.stderr
+
+    hub = tmp_path / "hub"
+    run_main("--mode=export", f"--model_dir={run}", f"--export_dir={hub}", "--hub_format")
+    assert sorted(p.name for p in hub.iterdir()) == ["classification", "feature_vector"]
+    lite = tmp_path / "lite"
+    proc = run_main("--mode=export", f"--model_dir={run}", f"--export_dir={lite}", "--tflite")
+    assert (lite / "model.tflite").stat().st_size > 0
+    proc = run_main("--mode=export", f"--model_dir={run}", f"--export_dir={lite}", "--hub_format",
+                    "--tflite", check=False)
+    assert proc.returncode == 2 and "not both" in proc.stderr

@@ -19,6 +19,7 @@ from absl import logging
 
 from efficientnet_tf import data as data_lib
 from efficientnet_tf.config import ExperimentConfig
+from efficientnet_tf.files import write_json_atomic
 from efficientnet_tf.distribute import resolve_mixed_precision, strategy_device_kind
 from efficientnet_tf.model import build_model
 from efficientnet_tf.weights import save_weights_atomic
@@ -31,14 +32,6 @@ CONFIG_FILE = "config.json"
 EVAL_RESULTS_FILE = "eval_results.json"
 BEST_WEIGHTS_FILE = "best.weights.h5"
 BEST_RESULTS_FILE = "best_eval_results.json"
-
-
-def write_json_atomic(path: str, obj) -> None:
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 class Trainer:
