@@ -254,3 +254,27 @@ def test_mixed_precision_builds_trains_and_outputs_float32(policy):
         assert m.predict(x, verbose=0).dtype == np.float32
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_inference_bn_folding_matches_keras_batch_norm():
+    rng = np.random.RandomState(3)
+    block = MBConvBlock(8, 8, kernel_size=3, expand_ratio=6, se_ratio=0.25, name="fold")
+    x = rng.normal(size=(2, 6, 6, 8)).astype("float32")
+    block(x)
+    for bn in (block.expand_bn, block.bn, block.project_bn):
+        n = bn.gamma.shape[0]
+        bn.gamma.assign(rng.uniform(0.5, 1.5, n))
+        bn.beta.assign(rng.normal(size=n))
+        bn.moving_mean.assign(rng.normal(size=n))
+        bn.moving_variance.assign(rng.uniform(0.5, 2.0, n))
+    act = block.act
+    h = act(block.expand_bn(block.expand_conv(x), training=False))
+    h = act(block.bn(block.dwconv(h), training=False))
+    h = block.project_bn(block.project_conv(block.se(h)), training=False) + x
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(block(x, training=False)),
+                               keras.ops.convert_to_numpy(h), rtol=1e-5, atol=1e-5)
+    # Frozen BN (trainable=False) runs in inference mode even when training: folded too.
+    for bn in (block.expand_bn, block.bn, block.project_bn):
+        bn.trainable = False
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(block(x, training=True)),
+                               keras.ops.convert_to_numpy(h), rtol=1e-5, atol=1e-5)
