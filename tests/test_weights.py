@@ -114,7 +114,7 @@ def _write_keras2_h5(model, path):
 
 
 def test_legacy_h5_import(tmp_path, caplog):
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")
     ref = _keras_applications(0, 32)
     x = _images(32)
     ref_out = ref(x, training=False)
@@ -226,7 +226,7 @@ def test_tf1_checkpoint_convert_prefers_ema(tmp_path, name, caplog):
     assert W.inspect_source(prefix) == W.SourceInfo(W.TF1_CHECKPOINT, prefix, 5)
     overrides = dict(width_coefficient=0.25, depth_coefficient=0.2, resolution=32)
 
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")
     out = W.convert(name, prefix, str(tmp_path / "out" / "model.weights.h5"), overrides=overrides)
     assert os.listdir(tmp_path / "out") == ["model.weights.h5"]  # the temp file was renamed
     assert f"{len(ema) - 1} of {len(ema)} variables from ExponentialMovingAverage" in caplog.text
@@ -319,7 +319,7 @@ def test_backbone_feature_extractor_and_other_classes(tiny_file, caplog):
     np.testing.assert_allclose(features(x, training=False)["reduction_5"], ref(x, training=False),
                                atol=1e-6)
 
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")
     other = build_model(classes=3, weights=path, **kw)
     assert "classifier has 7 classes, the model 3: not loading 'predictions'" in caplog.text
     np.testing.assert_array_equal(other.get_layer("top_conv").kernel.numpy(),
