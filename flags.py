@@ -8,7 +8,8 @@ from absl import flags
 
 from efficientnet_tf import config as cfg
 
-MODES = ("train", "eval", "train_and_eval", "prepare", "convert", "profile", "export", "predict")
+MODES = ("train", "eval", "train_and_eval", "prepare", "convert", "profile", "export", "predict",
+         "scaling_search", "scaling_study", "cam")
 
 
 def define_flags():
@@ -19,10 +20,13 @@ def define_flags():
     flags.DEFINE_string("model", None, "Named model: " + ", ".join(cfg.MODEL_NAMES) +
                         ". Default efficientnet-b0 unless --phi is given.")
     flags.DEFINE_float("phi", None, "Compound coefficient: integer 0..7 gives B0..B7, other values "
-                       "the formula d=alpha^phi, w=beta^phi, r=gamma^phi.")
-    flags.DEFINE_float("alpha", cfg.ALPHA, "Depth base for --phi (paper: 1.2).")
-    flags.DEFINE_float("beta", cfg.BETA, "Width base for --phi (paper: 1.1).")
-    flags.DEFINE_float("gamma", cfg.GAMMA, "Resolution base for --phi (paper: 1.15).")
+                       "the formula d=alpha^phi, w=beta^phi, r=gamma^phi. scaling_search: the "
+                       "phi every candidate is scaled with (default 1, the paper's STEP 1).")
+    flags.DEFINE_float("alpha", cfg.ALPHA, "Depth base for --phi and scaling_study's compound "
+                       "line (paper: 1.2).")
+    flags.DEFINE_float("beta", cfg.BETA, "Width base for --phi and scaling_study (paper: 1.1).")
+    flags.DEFINE_float("gamma", cfg.GAMMA, "Resolution base for --phi and scaling_study "
+                       "(paper: 1.15).")
     flags.DEFINE_float("width_coefficient", None, "Override the model's width multiplier.")
     flags.DEFINE_float("depth_coefficient", None, "Override the model's depth multiplier.")
     flags.DEFINE_integer("image_size", None, "Override the model's input resolution.")
@@ -117,7 +121,8 @@ def define_flags():
     # Weights.
     flags.DEFINE_string("ckpt_path", None, "convert: source checkpoint (TF1 prefix or directory, "
                         "keras.applications .h5 or .weights.h5).")
-    flags.DEFINE_string("output", None, "convert: destination .weights.h5 file.")
+    flags.DEFINE_string("output", None, "convert: destination .weights.h5 file; cam: the "
+                        "overlay .png.")
 
     # Export and predict.
     flags.DEFINE_string("export_dir", None, "export: destination directory (written atomically).")
@@ -128,7 +133,7 @@ def define_flags():
     flags.DEFINE_enum("quantize", None, ["dynamic", "int8"], "export --tflite: post-training "
                       "quantization; int8 calibrates on --dataset/--data_dir eval images.")
     flags.DEFINE_string("saved_model", None, "predict: a serving SavedModel from --mode=export.")
-    flags.DEFINE_list("image", None, "predict: image file(s), comma-separated.")
+    flags.DEFINE_list("image", None, "predict: image file(s), comma-separated; cam: one image.")
     flags.DEFINE_integer("top_k", 5, "predict: classes to report per image.")
 
     # Reports.
@@ -136,10 +141,32 @@ def define_flags():
                               "comma-separated). Default: efficientnet-b0..b7, or --model.")
     flags.DEFINE_string("output_json", None, "profile/predict: also write the result as JSON here.")
 
+    # Compound-scaling tools (efficientnet_tf/scaling.py). The base network is the model flags
+    # (--model and overrides such as --width_coefficient); results go to --model_dir.
+    from efficientnet_tf import scaling
 
-def model_config_from_flags(FLAGS) -> cfg.ModelConfig:
-    """--model or --phi, then explicit overrides. Unset flags leave the table's value."""
-    if FLAGS.model is not None and FLAGS.phi is not None:
+    flags.DEFINE_integer("search_budget_steps", None, "scaling_search/scaling_study: training "
+                         "steps for every network (default: --train_steps).")
+    flags.DEFINE_string("alpha_grid", ",".join(map(str, scaling.DEFAULT_ALPHA_GRID)),
+                        "scaling_search: depth bases alpha to try, comma-separated, each >= 1.")
+    flags.DEFINE_string("beta_grid", ",".join(map(str, scaling.DEFAULT_BETA_GRID)),
+                        "scaling_search: width bases beta to try.")
+    flags.DEFINE_string("gamma_grid", ",".join(map(str, scaling.DEFAULT_GAMMA_GRID)),
+                        "scaling_search: resolution bases gamma to try.")
+    flags.DEFINE_float("search_tolerance", 0.1, "scaling_search: keep the triples with "
+                       "|alpha*beta^2*gamma^2 - 2| <= this.")
+    flags.DEFINE_list("study_k", ["1", "2"], "scaling_study: FLOPs targets, as the compound "
+                      "model at phi=k (~2^k x the base) for each k.")
+    flags.DEFINE_integer("study_repeats", 1, "scaling_study: training runs per network "
+                         "(top-1 is their mean, with the standard deviation).")
+
+
+def model_config_from_flags(FLAGS, use_phi: bool = True) -> cfg.ModelConfig:
+    """--model or --phi, then explicit overrides. Unset flags leave the table's value.
+
+    use_phi=False: --phi means something else (the scaling search's phi); --model picks the base.
+    """
+    if use_phi and FLAGS.model is not None and FLAGS.phi is not None:
         raise flags.ValidationError("Pass --model or --phi, not both.")
     overrides = {}
     for flag, field in (("width_coefficient", "width_coefficient"),
@@ -150,7 +177,7 @@ def model_config_from_flags(FLAGS) -> cfg.ModelConfig:
         if value is not None:
             overrides[field] = value
     try:
-        if FLAGS.phi is not None:
+        if use_phi and FLAGS.phi is not None:
             return cfg.config_for_phi(FLAGS.phi, FLAGS.alpha, FLAGS.beta, FLAGS.gamma, **overrides)
         return cfg.get_model_config(FLAGS.model or "efficientnet-b0", **overrides)
     except ValueError as e:
@@ -167,6 +194,14 @@ def profile_model_names(FLAGS) -> list[str]:
         raise flags.ValidationError(f"--models: unknown model(s) {unknown}; choose from "
                                     + ", ".join(cfg.MODEL_NAMES))
     return names
+
+
+def study_ks(FLAGS) -> list[int]:
+    ks = [k.strip() for k in FLAGS.study_k or []]
+    if not ks or not all(k.isdigit() and int(k) >= 1 for k in ks):
+        raise flags.ValidationError(f"--study_k={','.join(FLAGS.study_k or [])}: expected "
+                                    "integers >= 1, e.g. 1,2,3.")
+    return [int(k) for k in ks]
 
 
 def require(FLAGS, *names):
@@ -211,12 +246,12 @@ def data_config_from_flags(FLAGS):
         raise flags.ValidationError(str(e)) from e
 
 
-def experiment_config_from_flags(FLAGS) -> cfg.ExperimentConfig:
+def experiment_config_from_flags(FLAGS, use_phi: bool = True) -> cfg.ExperimentConfig:
     """Flags -> one frozen config. num_classes defaults to the dataset's."""
     from efficientnet_tf import data as data_lib
 
     data = data_config_from_flags(FLAGS)
-    model = model_config_from_flags(FLAGS)
+    model = model_config_from_flags(FLAGS, use_phi)
     if FLAGS.num_classes is None:
         model = model.replace(num_classes=data_lib.get_dataset_info(data).num_classes)
     return cfg.ExperimentConfig(model=model, data=data, train=train_config_from_flags(FLAGS))

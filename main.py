@@ -170,6 +170,55 @@ def run_profile():
         print(f"Wrote {FLAGS.output_json}")
 
 
+def _scaling_experiment():
+    """(base experiment, strategy) for the scaling tools: --phi is theirs, not the model's."""
+    cli_flags.require(FLAGS, "model_dir")
+    strategy = _strategy()
+    return cli_flags.experiment_config_from_flags(FLAGS, use_phi=False), strategy
+
+
+def run_scaling_search():
+    from efficientnet_tf import scaling
+
+    experiment, strategy = _scaling_experiment()
+    grids = {name: scaling.parse_grid(getattr(FLAGS, name), name)
+             for name in ("alpha_grid", "beta_grid", "gamma_grid")}
+    scaling.scaling_search(experiment, strategy, FLAGS.model_dir,
+                           phi=1.0 if FLAGS.phi is None else FLAGS.phi,
+                           tolerance=FLAGS.search_tolerance,
+                           budget_steps=FLAGS.search_budget_steps, **grids)
+
+
+def run_scaling_study():
+    from efficientnet_tf import scaling
+
+    if FLAGS.phi is not None:
+        raise flags.ValidationError("--mode=scaling_study sets its FLOPs targets with --study_k "
+                                    "(compound phi=k); --phi does not apply.")
+    ks = cli_flags.study_ks(FLAGS)
+    experiment, strategy = _scaling_experiment()
+    scaling.scaling_study(experiment, strategy, FLAGS.model_dir, alpha=FLAGS.alpha,
+                          beta=FLAGS.beta, gamma=FLAGS.gamma, ks=ks, repeats=FLAGS.study_repeats,
+                          budget_steps=FLAGS.search_budget_steps)
+
+
+def run_cam():
+    from efficientnet_tf import cam, export, predict
+
+    cli_flags.require(FLAGS, "image", "output")
+    if len(FLAGS.image) != 1:
+        raise flags.ValidationError(f"--mode=cam takes one --image, got {len(FLAGS.image)}.")
+    model, class_names = _inference_model()
+    result = cam.cam_for_image_file(model, FLAGS.image[0], FLAGS.output,
+                                    reference_bicubic=FLAGS.reference_bicubic)
+    labels = predict.class_labels(export.classifier_layer(model).units, class_names)
+    size = export.model_image_size(model, None)
+    print(f"{result['image']}: class {result['class_index']} "
+          f"({labels[result['class_index']]['label']}), probability "
+          f"{result['probability']:.4f}; activation peak at (row, col) {tuple(result['peak'])} "
+          f"of the {size}x{size} eval image. Wrote {result['output']}")
+
+
 MODE_RUNNERS = {
     "train": run_train,
     "eval": run_eval,
@@ -179,6 +228,9 @@ MODE_RUNNERS = {
     "profile": run_profile,
     "export": run_export,
     "predict": run_predict,
+    "scaling_search": run_scaling_search,
+    "scaling_study": run_scaling_study,
+    "cam": run_cam,
 }
 assert set(MODE_RUNNERS) == set(cli_flags.MODES)
 

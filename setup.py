@@ -21,8 +21,10 @@ setup(
         "h5py",
         "pillow",
         "scipy",
+        "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout"],
+        # tensorflow-hub + tf-keras: the hub.KerasLayer test of the TF-Hub-style export.
+        "test": ["pytest>=7", "tensorflow-hub", "tf-keras"],
     },
 )
