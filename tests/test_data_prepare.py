@@ -30,7 +30,7 @@ def read_records(path):
 
 
 def test_stanford_cars_devkit_layout(tmp_path):
-    scipy_io = pytest.importorskip("scipy.io")
+    import scipy.io as scipy_io
     src = tmp_path / "cars"
     names = np.array([f"Make Model {i} 2012" for i in range(196)], dtype=object)
     (src / "devkit").mkdir(parents=True)

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import TINY
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 from efficientnet_tf import export  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TINY, run_main
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf  # noqa: E402
 
 from efficientnet_tf import export, predict  # noqa: E402
 from efficientnet_tf.data.preprocessing import preprocess_for_eval  # noqa: E402
