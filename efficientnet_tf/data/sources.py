@@ -297,20 +297,26 @@ class TFRecordSource(Source):
         ds = names.interleave(read, cycle_length=min(len(files), 16), block_length=1,
                               num_parallel_calls=AUTOTUNE,
                               deterministic=options.deterministic or not options.training)
-        if not by_file and options.num_pipelines > 1:
-            ds = ds.shard(options.num_pipelines, options.pipeline_id)
-        if not options.training:
-            return ds
-        if options.cache:
-            ds = ds.cache()
-        ds = ds.shuffle(options.shuffle_buffer_size, seed=options.seed, reshuffle_each_iteration=True)
-        return ds.repeat() if options.cache else ds
+        # Without a cache the file names above already repeat.
+        return _finish_records(ds, options, by_file, repeated=not options.cache)
 
     def decode(self, payload):
         return tfrecord.parse_example(payload)
 
 
 @functools.lru_cache(maxsize=64)
+def _finish_records(ds, options: ReadOptions, by_file: bool, repeated: bool):
+    """Example-level sharding where files could not be split; cache, shuffle, repeat to train."""
+    if not by_file and options.num_pipelines > 1:
+        ds = ds.shard(options.num_pipelines, options.pipeline_id)
+    if not options.training:
+        return ds
+    if options.cache:
+        ds = ds.cache()
+    ds = ds.shuffle(options.shuffle_buffer_size, seed=options.seed, reshuffle_each_iteration=True)
+    return ds if repeated else ds.repeat()
+
+
 def _count_files(files: tuple) -> int:
     log.info("Counting the records of %d TFRecord files (no %s)...", len(files), tfrecord.METADATA_FILE)
     return tfrecord.count_records(files)
@@ -361,14 +367,7 @@ class TFDSSource(Source):
         where = f"tfds {self.builder_name}:{tfds_split} example "
         ds = ds.enumerate().map(lambda i, ex: ((ex["image"], tf.cast(ex["label"], tf.int32)),
                                                tf.strings.join([where, tf.strings.as_string(i)])))
-        if not by_file and options.num_pipelines > 1:
-            ds = ds.shard(options.num_pipelines, options.pipeline_id)
-        if not options.training:
-            return ds
-        if options.cache:
-            ds = ds.cache()
-        ds = ds.shuffle(options.shuffle_buffer_size, seed=options.seed, reshuffle_each_iteration=True)
-        return ds.repeat()
+        return _finish_records(ds, options, by_file, repeated=False)
 
     def decode(self, payload):
         return payload
