@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from efficientnet_tf import export
 from efficientnet_tf.data.preprocessing import preprocess_for_eval
+from efficientnet_tf.files import write_bytes_atomic
 
 FEATURE_LAYER = "top_activation"
 OVERLAY_ALPHA = 0.5
@@ -81,11 +82,7 @@ def write_png(path: str, image) -> str:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
         raise ValueError(f"write_png: expected a uint8 [H, W, 1|3|4] image, got {image.dtype} "
                          f"{image.shape}.")
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(tf.io.encode_png(image).numpy())
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    write_bytes_atomic(path, tf.io.encode_png(image).numpy())
     return path
 
 

@@ -7,10 +7,14 @@ import os
 import tensorflow as tf
 
 
-def write_json_atomic(path: str, obj) -> None:
-    """Write JSON to a sibling temp file and rename it over `path` (local paths and gs://)."""
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write to a sibling temp file and rename it over `path` (local paths and gs://)."""
     tf.io.gfile.makedirs(os.path.dirname(path) or ".")
     tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True))
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(data)
     tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
