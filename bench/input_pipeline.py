@@ -5,9 +5,12 @@ Writes photo-like ~400x350 JPEGs into ImageNet-format TFRecords in a temporary d
 times, in one run:
   naive           decode the whole JPEG, then crop; one map, no parallelism (the textbook loop)
   naive_parallel  the same decode-then-crop, with parallel map + prefetch (isolates the decode)
-  pipeline        build_dataset(..., "train"): crop-window decode, parallel interleave, prefetch
-  pipeline+RA     the same with RandAugment (2 layers, magnitude 10)
-  pipeline+AA     the same with AutoAugment policy v0
+  pipeline        build_dataset(..., "train"): crop-window decode, parallel map, prefetch
+  naive+RA        naive, then RandAugment (2 layers, magnitude 10), still one sequential map
+  pipeline+RA     build_dataset with RandAugment
+  naive+AA        naive, then AutoAugment policy v0
+  pipeline+AA     build_dataset with AutoAugment
+Each pipeline variant is compared with the naive variant doing the same augmentation.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import tensorflow as tf  # noqa: E402
 
 from efficientnet_tf.data import DataConfig, build_dataset  # noqa: E402
 from efficientnet_tf.data import preprocessing as pp  # noqa: E402
+from efficientnet_tf.data.augment import ImageAugmenter  # noqa: E402
 from efficientnet_tf.data.testing import encode, natural_image, write_image_tfrecords  # noqa: E402
 from efficientnet_tf.data.tfrecord import list_shards, parse_example  # noqa: E402
 
@@ -39,8 +43,11 @@ def write_data(root: str, num_images: int) -> None:
     print(f"wrote {num_images} JPEGs (mean {size:.0f} KiB) to {root}")
 
 
-def naive_dataset(root: str, image_size: int, batch_size: int, parallel: bool) -> tf.data.Dataset:
+def naive_dataset(root: str, image_size: int, batch_size: int, parallel: bool,
+                  augment: str | None = None) -> tf.data.Dataset:
     """Decode the whole image, then take the same Inception crop from the decoded pixels."""
+    augmenter = ImageAugmenter(augment) if augment else None
+
     def process(record):
         encoded, label = parse_example(record)
         image = tf.io.decode_jpeg(encoded, channels=3)
@@ -48,7 +55,11 @@ def naive_dataset(root: str, image_size: int, batch_size: int, parallel: bool) -
         window = pp.random_crop_window(tf.shape(image), image_size, seed)
         image = tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
         image = tf.image.resize(image, [image_size, image_size], method="bicubic")
-        return tf.image.random_flip_left_right(image), label
+        image = tf.image.random_flip_left_right(image)
+        if augmenter is not None:
+            image = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
+            image = tf.cast(augmenter(image, tf.cast(seed, tf.int64)), tf.float32)
+        return image, label
 
     calls = tf.data.AUTOTUNE if parallel else None
     ds = tf.data.TFRecordDataset(list_shards(root, "train")).repeat()
@@ -88,17 +99,21 @@ def main():
             "naive": naive_dataset(root, args.image_size, args.batch_size, parallel=False),
             "naive_parallel": naive_dataset(root, args.image_size, args.batch_size, parallel=True),
             "pipeline": build_dataset(base, "train", args.batch_size, image_size=args.image_size),
-            "pipeline+RA": build_dataset(base.replace(augment_name="randaugment"), "train",
-                                         args.batch_size, image_size=args.image_size),
-            "pipeline+AA": build_dataset(base.replace(augment_name="autoaugment"), "train",
-                                         args.batch_size, image_size=args.image_size),
         }
+        for short, augment in (("RA", "randaugment"), ("AA", "autoaugment")):
+            variants[f"naive+{short}"] = naive_dataset(root, args.image_size, args.batch_size,
+                                                       parallel=False, augment=augment)
+            variants[f"pipeline+{short}"] = build_dataset(
+                base.replace(augment_name=augment), "train", args.batch_size,
+                image_size=args.image_size)
         print(f"{'variant':15s} {'images/s':>9s} {'vs naive':>9s} {'CPU ms/img':>11s}")
         results = {}
         for name, ds in variants.items():
             results[name] = measure(ds, args.batch_size, args.measure)
             rate, cpu_ms = results[name]
-            print(f"{name:15s} {rate:9.1f} {rate / results['naive'][0]:8.2f}x {cpu_ms:11.2f}")
+            _, plus, augment = name.partition("+")
+            baseline = "naive" + plus + augment  # the naive variant with the same augmentation
+            print(f"{name:15s} {rate:9.1f} {rate / results[baseline][0]:8.2f}x {cpu_ms:11.2f}")
 
 
 if __name__ == "__main__":

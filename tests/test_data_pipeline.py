@@ -84,13 +84,17 @@ def test_input_pipelines_split_the_data(tmp_path):
     assert sorted(evaluated) == list(range(7))
 
 
-def test_corrupt_training_records_are_skipped_and_counted(corrupt_dir):
+def test_corrupt_training_records_are_skipped_counted_and_named(corrupt_dir, caplog):
     config = DataConfig(dataset="imagenet", data_dir=corrupt_dir, shuffle_buffer_size=4)
     counter = SkipCounter()
     epochs = 5
     ds = build_dataset(config, "train", 2, image_size=16, skip_counter=counter)
-    labels = [y.numpy() for _, y in ds.take(epochs * GOOD // 2)]
+    with caplog.at_level("WARNING", logger="efficientnet_tf.data.pipeline"):
+        labels = [y.numpy() for _, y in ds.take(epochs * GOOD // 2)]
     assert set(np.concatenate(labels)) == {0, 1}
+    # Each skipped record is named exactly (the bad ones are records 6, 7 and 8 of the shard).
+    named = {m.rsplit(":", 1)[-1] for m in caplog.messages if "Skipped an undecodable" in m}
+    assert named == {"6", "7", "8"}, caplog.messages
     bad_per_epoch = BAD_IMAGES + BAD_PROTOS
     # Every consumed epoch's bad records are counted, except those still waiting in the record
     # shuffle buffer (it spans epoch boundaries); prefetching may run up to 2 epochs ahead.
@@ -104,6 +108,21 @@ def test_corrupt_eval_record_is_an_error_naming_it(corrupt_dir):
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="(?s)Corrupt or undecodable record.*validation-00000-of-00001:6"):
         list(build_dataset(config, "eval", 4, image_size=16))
+
+
+def test_corrupt_last_eval_record_is_an_error_too(tmp_path):
+    """A failure with no good record after it (the end of the split) is still caught."""
+    write_image_tfrecords(str(tmp_path), "train", jpegs(2), [0, 1], num_shards=1)
+    with tf.io.TFRecordWriter(f"{tmp_path}/{tfrecord.shard_name('validation', 0, 1)}") as writer:
+        for i, image in enumerate(jpegs(3)):
+            image = image if i < 2 else image[:40]
+            writer.write(tfrecord.make_example(image, label=1, height=36, width=44,
+                                               filename=f"{i}.jpg", synset="s", text="t")
+                         .SerializeToString())
+    config = DataConfig(dataset="imagenet", data_dir=str(tmp_path))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="(?s)Corrupt or undecodable record.*validation-00000-of-00001:2"):
+        list(build_dataset(config, "eval", 2, image_size=16))
 
 
 def test_labels_outside_num_classes_are_an_error(tmp_path):

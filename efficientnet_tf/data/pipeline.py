@@ -9,9 +9,9 @@ Element formats:
   last batches are padded so that every replica gets `eval_steps(...)` full batches. Pass the
   weights as Keras `sample_weight` so that metrics ignore the padding.
 
-A record that fails to parse or decode is, in training, skipped, logged and counted in a
+A record that fails to parse or decode is, in training, skipped, logged by name and counted in a
 `SkipCounter`; in eval it raises an error naming the record (eval must not silently change its
-denominator).
+denominator). See `_decode_in_order` for how a failure inside the parallel map is found.
 """
 from __future__ import annotations
 
@@ -54,47 +54,69 @@ class SkipCounter:
             count, self._count = self._count, 0
         return count
 
-    def record(self, where) -> bool:
-        with self._lock:
-            self._count += 1
-            count = self._count
-        if count <= self.LOG_FIRST or count % self.LOG_EVERY == 0:
-            name = where.numpy().decode(errors="replace") if hasattr(where, "numpy") else where
-            log.warning("Skipped an undecodable training record (%d so far), one of: %s",
-                        count, name)
-        return False
+    def record(self, wheres) -> bool:
+        """Count the skipped records named by `wheres` (strings, e.g. "file:index")."""
+        names = [w.decode(errors="replace") if isinstance(w, bytes) else str(w)
+                 for w in getattr(wheres, "numpy", lambda: wheres)()]
+        for name in names:
+            with self._lock:
+                self._count += 1
+                count = self._count
+            if count <= self.LOG_FIRST or count % self.LOG_EVERY == 0:
+                log.warning("Skipped an undecodable training record (%d so far): %s", count, name)
+        return True
 
 
-GUARD_CHUNK = 8  # records per isolated group in training (amortizes the per-group dataset cost)
+def _decode_in_order(records, process, *, on_dropped, check_label, image_size: int,
+                     num_records: int | None = None):
+    """`(payload, seed, where)` records -> `(image, label)`, decoded in parallel; failures dropped.
 
-
-def _guard(process, image_size: int):
-    """Run `process(payload, seed) -> (image, label)` on a group of records, failures flagged.
-
-    The group's records pass through their own small dataset with `ignore_errors`, followed by
-    failure placeholders, of which exactly as many elements as records are kept: one
-    `(image, label, ok, where)` per record, the failed ones last. A placeholder's `where` names the
-    group's records (just the one record for groups of one, as in eval).
+    A record whose parsing or decoding raises is dropped by `ignore_errors`: nothing in a graph
+    can catch the error itself. So records are numbered, the parallel map keeps their order
+    (shuffling happened upstream), and a sequential scan sees each gap in the numbering; the gap's
+    records are the failed ones, named through a table of the in-flight records' `where`s.
+    `on_dropped(wheres)` returns the op that handles them (count or raise) and
+    `check_label(label)` an assertion; both run before the next element leaves. A finite stream
+    passes `num_records` so that failures at its very end are seen too.
     """
-    def guarded(payloads, seeds, wheres):
-        good = tf.data.Dataset.from_tensor_slices((payloads, seeds, wheres)).map(
-            lambda p, s, w: (*process(p, s), tf.constant(True), w)).ignore_errors()
-        failed = tf.data.Dataset.from_tensors(
-            (tf.zeros([image_size, image_size, 3]), tf.constant(-1, tf.int32), tf.constant(False),
-             tf.strings.reduce_join(wheres, separator=" or "))).repeat()
-        return good.concatenate(failed).take(tf.cast(tf.shape(wheres)[0], tf.int64))
-    return guarded
+    names = tf.lookup.experimental.MutableHashTable(tf.int64, tf.string,
+                                                    default_value="<unknown record>")
+
+    def remember(index, record):
+        payload, seed, where = record
+        with tf.control_dependencies([names.insert(index[None], where[None])]):
+            return tf.identity(index), payload, seed
+
+    ds = records.enumerate().map(remember)
+    ds = ds.map(lambda index, payload, seed: (index, *process(payload, seed)),
+                num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors()
+    if num_records is not None:  # an end marker: the next index after the last record
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(
+            (tf.constant(num_records, tf.int64), tf.zeros([image_size, image_size, 3]),
+             tf.constant(0, tf.int32))))
+
+    def step(previous, element):
+        index, image, label = element
+        handled = on_dropped(names.lookup(tf.range(previous + 1, index)))
+        with tf.control_dependencies([handled, check_label(label)]):
+            forget = names.remove(tf.range(previous + 1, index + 1))
+        with tf.control_dependencies([forget]):
+            image, label = tf.identity(image), tf.identity(label)
+        return index, ((image, label) if num_records is None else (index, image, label))
+
+    ds = ds.scan(tf.constant(-1, tf.int64), step)
+    if num_records is None:
+        return ds
+    return ds.filter(lambda index, image, label: index < num_records).map(
+        lambda index, image, label: (image, label))
 
 
 def _label_check(num_classes: int, dataset: str):
-    """`check(image, label)`: an error for labels outside [0, num_classes) (never skipped)."""
-    def check(image, label):
-        ok = tf.logical_and(label >= 0, label < num_classes)
-        assertion = tf.debugging.Assert(ok, [
+    """`check(label)`: an assertion op failing for labels outside [0, num_classes) (never skipped)."""
+    def check(label):
+        return tf.debugging.Assert(tf.logical_and(label >= 0, label < num_classes), [
             f"Label out of range [0, {num_classes}) in dataset {dataset!r}: wrong num_classes, or "
             "TFRecords whose image/class/label is not 1-based. Label:", label])
-        with tf.control_dependencies([assertion]):
-            return tf.identity(image), label
     return check
 
 
@@ -171,21 +193,17 @@ def _train_examples(config, source, split, options, image_size, skip_counter):
             image, image_size, seed, reference_bicubic=config.reference_bicubic,
             augment=augment), label
 
-    def count_failures(image, label, ok, where):
-        ok = tf.cond(ok, lambda: ok, lambda: tf.ensure_shape(
-            tf.py_function(skip_counter.record, [where], tf.bool), []))
-        return image, label, ok
+    def count(wheres):
+        return tf.cond(tf.size(wheres) > 0,
+                       lambda: tf.py_function(skip_counter.record, [wheres], tf.bool),
+                       lambda: tf.constant(True))
 
-    check = _label_check(source.info.num_classes, config.dataset)
     pipeline_id = tf.constant(options.pipeline_id, tf.int64)
     records = tf.data.Dataset.zip((source.records(split, options),
                                    tf.data.Dataset.random(seed=options.seed)))
-    ds = records.map(lambda record, r: (record[0], tf.stack([r, pipeline_id]), record[1]))
-    ds = ds.batch(GUARD_CHUNK).interleave(_guard(process, image_size), cycle_length=AUTOTUNE,
-                                          num_parallel_calls=AUTOTUNE,
-                                          deterministic=config.deterministic)
-    ds = ds.map(count_failures).filter(lambda image, label, ok: ok)
-    return ds.map(lambda image, label, ok: check(image, label))
+    records = records.map(lambda record, r: (record[0], tf.stack([r, pipeline_id]), record[1]))
+    return _decode_in_order(records, process, on_dropped=count, image_size=image_size,
+                            check_label=_label_check(source.info.num_classes, config.dataset))
 
 
 def _eval_examples(config, source, split, options, image_size, global_batch_size, batch_size, ctx):
@@ -202,22 +220,18 @@ def _eval_examples(config, source, split, options, image_size, global_batch_size
         return preprocessing.preprocess_for_eval(
             image, image_size, reference_bicubic=config.reference_bicubic), label
 
-    check = _label_check(info.num_classes, config.dataset)
-
-    def require_ok(image, label, ok, where):
-        assertion = tf.debugging.Assert(ok, [
+    def refuse(wheres):
+        return tf.debugging.Assert(tf.equal(tf.size(wheres), 0), [
             f"Corrupt or undecodable record in the {split} split of {info.name!r} "
             f"({getattr(info, split + '_split')}); eval does not skip records, since that would "
-            "change its denominator. Record:", where])
-        with tf.control_dependencies([assertion]):
-            image, label = check(image, label)
-            return tf.identity(image), label, tf.constant(1.0)
+            "change its denominator. Record:", tf.strings.reduce_join(wheres, separator=", ")])
 
     zero_seed = tf.zeros([2], tf.int64)
-    ds = source.records(split, options).map(lambda payload, where: (payload, zero_seed, where))
-    ds = ds.batch(1).interleave(_guard(process, image_size), cycle_length=AUTOTUNE,
-                                num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.map(require_ok, num_parallel_calls=AUTOTUNE, deterministic=True)
+    records = source.records(split, options).map(lambda payload, where: (payload, zero_seed, where))
+    ds = _decode_in_order(records, process, on_dropped=refuse, image_size=image_size,
+                          check_label=_label_check(info.num_classes, config.dataset),
+                          num_records=own)
+    ds = ds.map(lambda image, label: (image, label, tf.constant(1.0)))
     ds = ds.apply(tf.data.experimental.assert_cardinality(own))
     padding = tf.data.Dataset.from_tensors(
         (tf.zeros([image_size, image_size, 3]), tf.constant(0, tf.int32), tf.constant(0.0)))
