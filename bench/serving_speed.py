@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
 VARIANTS = ("keras_apps", "ours_keras", "saved_model", "tflite", "tflite_int8")
 
 

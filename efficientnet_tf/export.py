@@ -77,6 +77,26 @@ def _constant_variable(value, name):
     return tf.Variable(np.asarray(value, np.float32), trainable=False, name=name)
 
 
+def _pad_same(x, value, kernel_size, strides):
+    """TF's 'SAME' padding of NHWC `x`, filled with the per-channel `value` (tf.pad takes a
+    scalar only): constant strips concatenated on the sides 'SAME' pads."""
+    for axis, kernel, stride in zip((1, 2), kernel_size, strides):
+        size = x.shape[axis]
+        if size is None:
+            raise ValueError("The folded input normalization needs a static image size; export "
+                             "with a fixed image_size.")
+        total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+        before, after = total // 2, total - total // 2
+
+        def strip(width, axis=axis):
+            shape = [tf.shape(x)[i] if x.shape[i] is None else x.shape[i] for i in range(4)]
+            shape[axis] = width
+            return tf.broadcast_to(tf.cast(value, x.dtype), tf.stack(shape))
+        parts = ([strip(before)] if before else []) + [x] + ([strip(after)] if after else [])
+        x = tf.concat(parts, axis=axis) if len(parts) > 1 else x
+    return x
+
+
 class FoldedConv(tf.Module):
     """Conv2D or DepthwiseConv2D with the following BN folded in, plus its activation."""
 
@@ -101,28 +121,33 @@ class FoldedConv(tf.Module):
             kernel = flat.reshape(kernel.shape)
         else:
             kernel, bias = _fold_bn(kernel, bias, bn, 3)
-        self.input_offset = None
+        self.pad_value = None
         if input_scale is not None:
-            # conv(pad0(x·s + o)) == conv_{W·s}(pad0(x + o/s)): exact, zero padding included.
-            kernel = kernel * np.asarray(input_scale, np.float64).reshape(1, 1, -1, 1)
-            self.input_offset = _constant_variable(
-                np.asarray(input_offset, np.float64) / np.asarray(input_scale, np.float64),
-                "input_offset")
+            # conv_W(pad0(x·s + o)) == conv_{W·s}(pad_p(x)) + Σ W·o with p = -o/s, the raw value
+            # that normalizes to 0: exact at the border too, and no op over the whole input (an
+            # input-sized ADD costs int8 TFLite more than the stem conv itself).
+            scale = np.asarray(input_scale, np.float64)
+            bias = bias + np.einsum("hwio,i->o", kernel, np.asarray(input_offset, np.float64))
+            kernel = kernel * scale.reshape(1, 1, -1, 1)
+            self.pad_value = _constant_variable(-np.asarray(input_offset, np.float64) / scale,
+                                                "pad_value")
         self.kernel = _constant_variable(kernel, "kernel")
         self.bias = _constant_variable(bias, "bias")
         self.depthwise = depthwise
+        self.kernel_size = tuple(conv.kernel_size)
         self.strides = (1,) + tuple(conv.strides) + (1,)
         self.padding = conv.padding.upper()
         self.activation = _inference_activation(activation if activation is not None
                                                 else conv.activation)
 
     def __call__(self, x):
-        if self.input_offset is not None:
-            x = tf.nn.bias_add(x, self.input_offset)
+        padding = self.padding
+        if self.pad_value is not None:
+            x, padding = _pad_same(x, self.pad_value, self.kernel_size, self.strides[1:3]), "VALID"
         if self.depthwise:
-            x = tf.nn.depthwise_conv2d(x, self.kernel, self.strides, self.padding)
+            x = tf.nn.depthwise_conv2d(x, self.kernel, self.strides, padding)
         else:
-            x = tf.nn.conv2d(x, self.kernel, self.strides, self.padding)
+            x = tf.nn.conv2d(x, self.kernel, self.strides, padding)
         x = tf.nn.bias_add(x, self.bias)
         return self.activation(x) if self.activation is not None else x
 

@@ -79,6 +79,20 @@ def test_folded_network_matches_keras(kwargs):
     assert len(folded.variables) < len(model.variables)
 
 
+@pytest.mark.parametrize("size", [31, 32, 33])
+def test_folded_stem_is_exact_at_the_border(size):
+    """The input normalization folds into the stem by padding with the raw value that normalizes
+    to zero; the stem output must match Keras' everywhere, the padded last row/column included."""
+    model = tiny_model(input_shape=(size, size, 3))
+    stem = keras.Model(model.inputs, model.get_layer("stem_activation").output)
+    x = tf.constant(np.random.default_rng(size).uniform(0, 255, (2, size, size, 3)), tf.float32)
+    expected = stem(x, training=False).numpy()
+    got = export.fold_model(model).steps[0](x).numpy()
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    assert np.abs(got[:, -1] - expected[:, -1]).max() <= 1e-5 * np.abs(expected).max()
+
+
 def test_fold_rejects_foreign_layers():
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Conv2D(4, 3)(inputs)
