@@ -256,10 +256,13 @@ def test_mixed_precision_builds_trains_and_outputs_float32(policy):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_inference_bn_folding_matches_keras_batch_norm():
+# (2, 6, 6, 8): every kernel is smaller than its output, so BN's scale goes into the kernels;
+# (1, 2, 2, 8): every kernel is larger than its output, so the scale goes onto the outputs.
+@pytest.mark.parametrize("shape", [(2, 6, 6, 8), (1, 2, 2, 8)], ids=["into_kernel", "onto_output"])
+def test_inference_bn_folding_matches_keras_batch_norm(shape):
     rng = np.random.RandomState(3)
     block = MBConvBlock(8, 8, kernel_size=3, expand_ratio=6, se_ratio=0.25, name="fold")
-    x = rng.normal(size=(2, 6, 6, 8)).astype("float32")
+    x = rng.normal(size=shape).astype("float32")
     block(x)
     for bn in (block.expand_bn, block.bn, block.project_bn):
         n = bn.gamma.shape[0]
