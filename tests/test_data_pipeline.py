@@ -1,5 +1,8 @@
 """Pipeline contracts: batch formats, exact eval coverage with padding weights, corrupt records
 (skipped and counted in training, an error in eval), label checks, mixing, learnable synthetic."""
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -108,6 +111,39 @@ def test_corrupt_eval_record_is_an_error_naming_it(corrupt_dir):
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="(?s)Corrupt or undecodable record.*validation-00000-of-00001:6"):
         list(build_dataset(config, "eval", 4, image_size=16))
+
+
+def truncate_last_record(path):
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:-100])
+
+
+def test_truncated_training_file_is_skipped_and_counted(tmp_path, caplog):
+    """A read error (not a decode error) is counted too: the file ends early every epoch."""
+    root = str(tmp_path)
+    files = write_image_tfrecords(root, "train", jpegs(8), [i % 2 for i in range(8)], num_shards=2)
+    write_image_tfrecords(root, "validation", jpegs(2), [0, 1], num_shards=1)
+    truncate_last_record(files[1])
+    counts = {name: (4 if name.startswith("train") else 2) for name in os.listdir(root)}
+    with open(os.path.join(root, tfrecord.METADATA_FILE), "w") as f:  # sizes without counting
+        json.dump({"format": tfrecord.METADATA_FORMAT, "dataset": "imagenet", "num_classes": 2,
+                   "class_names": ["a", "b"], "shard_counts": counts}, f)
+    counter = SkipCounter()
+    ds = build_dataset(DataConfig(dataset="imagenet", data_dir=root), "train", 2, image_size=16,
+                       skip_counter=counter)
+    with caplog.at_level("WARNING", logger="efficientnet_tf.data.pipeline"):
+        batches = list(ds.take(14))  # 28 examples: at least 3 epochs of 7 readable records
+    assert len(batches) == 14 and counter.count >= 3
+    assert any("could not be read (corrupt or truncated" in m for m in caplog.messages)
+
+
+def test_counting_records_names_a_truncated_file(tmp_path):
+    files = write_image_tfrecords(str(tmp_path), "train", jpegs(4), [0, 1, 0, 1], num_shards=2)
+    truncate_last_record(files[1])
+    assert tfrecord.count_records(files[:1]) == 2
+    with pytest.raises(ValueError, match=f"Corrupt or truncated TFRecord file {files[1]}"):
+        tfrecord.count_records(files)
 
 
 def test_corrupt_last_eval_record_is_an_error_too(tmp_path):

@@ -79,8 +79,11 @@ def _decode_in_order(records, process, *, on_dropped, check_label, image_size: i
     `check_label(label)` an assertion; both run before the next element leaves. A finite stream
     passes `num_records` so that failures at its very end are seen too.
     """
-    names = tf.lookup.experimental.MutableHashTable(tf.int64, tf.string,
-                                                    default_value="<unknown record>")
+    # A record that failed before `remember` (a read error: a truncated or corrupt file) has no
+    # name in the table; it is still counted.
+    names = tf.lookup.experimental.MutableHashTable(
+        tf.int64, tf.string, default_value="a record that could not be read (corrupt or truncated "
+                                           "TFRecord/TFDS file)")
 
     def remember(index, record):
         payload, seed, where = record

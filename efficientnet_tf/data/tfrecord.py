@@ -57,9 +57,23 @@ def read_metadata(data_dir: str) -> dict | None:
 
 
 def count_records(files) -> int:
-    """Exact record count of TFRecord files (reads them through; used only without metadata)."""
-    return int(tf.data.TFRecordDataset(list(files), num_parallel_reads=8).reduce(
-        tf.constant(0, tf.int64), lambda n, _: n + 1))
+    """Exact record count of TFRecord files (reads them through; used only without metadata).
+
+    A truncated or corrupt file is an error naming it (found by recounting file by file).
+    """
+    def count(paths):
+        return int(tf.data.TFRecordDataset(paths, num_parallel_reads=8).reduce(
+            tf.constant(0, tf.int64), lambda n, _: n + 1))
+    try:
+        return count(list(files))
+    except tf.errors.DataLossError:
+        for path in files:
+            try:
+                count([path])
+            except tf.errors.DataLossError as e:
+                raise ValueError(f"Corrupt or truncated TFRecord file {path}: {e.message}. "
+                                 "Re-copy or re-create it.") from None
+        raise
 
 
 def _bytes(v):
