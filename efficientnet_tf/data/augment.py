@@ -20,6 +20,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from efficientnet_tf.data.config import AUGMENT_NAMES
+
 MAX_LEVEL = 10.0
 FILL_VALUE = 128
 
@@ -161,8 +163,8 @@ class ImageAugmenter:
     """AutoAugment policy v0 or RandAugment; call as `augmenter(uint8 image, seed) -> uint8 image`."""
 
     def __init__(self, name: str, *, num_layers: int = 2, magnitude: float = 10.0):
-        if name not in ("autoaugment", "randaugment"):
-            raise ValueError(f"augment_name={name!r}: must be 'autoaugment' or 'randaugment'")
+        if name not in AUGMENT_NAMES:
+            raise ValueError(f"augment_name={name!r}: must be one of {', '.join(AUGMENT_NAMES)}")
         self.name = name
         self.num_layers = num_layers
         self.magnitude = float(magnitude)

@@ -35,7 +35,8 @@ class DataConfig(ConfigMixin):
     tfds: True reads the TFDS builder, False ImageNet-format TFRecords, None decides from what
       `data_dir` holds (`train-*-of-*` files -> TFRecords, otherwise the TFDS builder).
     holdout_shards: hold out the first N `train-*` shards as the eval split ("minival").
-    cache: cache encoded records in memory; None = only for the small TFDS datasets.
+    cache: cache encoded records in memory; None = only for the small datasets in
+      `sources.CACHE_BY_DEFAULT` (read from TFDS or TFRecords).
     reference_bicubic: resize with the TF1 bicubic kernel of the reference (for evaluating the
       official checkpoints exactly as they were evaluated).
     num_classes: overrides the dataset's class count (required for TFRecords without metadata

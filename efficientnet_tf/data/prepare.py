@@ -243,16 +243,17 @@ def prepare(dataset: str, source_dir: str, data_dir: str, *, num_train_shards: i
             futures = [pool.submit(_write_shard, os.path.join(tmp, name), examples, class_names,
                                    skip_bad) for _, name, examples in plan]
             results = [f.result() for f in futures]
-        counts = {name: n for (_, name, _), (n, _) in zip(plan, results)}
+        counts = {}
         skipped = {prefix: [] for prefix in (tfrecord.TRAIN_PREFIX, tfrecord.EVAL_PREFIX)}
-        for (prefix, _, _), (_, paths) in zip(plan, results):
+        totals = dict.fromkeys(skipped, 0)
+        for (prefix, name, _), (n, paths) in zip(plan, results):
+            counts[name] = n
             skipped[prefix].extend(paths)
+            totals[prefix] += n
         empty = [name for name, n in counts.items() if n == 0]
         if empty:
             raise ValueError(f"prepare {dataset}: shard {empty[0]} would be empty (all of its images "
                              "are missing or corrupt); check the source directory.")
-        totals = {prefix: sum(n for (p, _, _), (n, _) in zip(plan, results) if p == prefix)
-                  for prefix in skipped}
         metadata = {"format": tfrecord.METADATA_FORMAT, "dataset": dataset,
                     "num_classes": len(class_names), "class_names": list(class_names),
                     "num_examples": totals, "shard_counts": counts,

@@ -41,20 +41,22 @@ def random_crop_window(shape, image_size: int, seed):
     return tf.cond(failed, lambda: center_crop_window(shape, image_size), lambda: sampled)
 
 
+def _crop(image, window_fn):
+    window = window_fn(tf.shape(image))
+    return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
+
+
 def decode_and_crop(image, window_fn):
     """Decode `image` (bytes or uint8 tensor) inside `window_fn(shape)` -> uint8 [h, w, 3]."""
     if image.dtype != tf.string:
-        window = window_fn(tf.shape(image))
-        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
+        return _crop(image, window_fn)
 
     def jpeg():
         window = window_fn(tf.image.extract_jpeg_shape(image))
         return tf.image.decode_and_crop_jpeg(image, window, channels=3)
 
     def other():
-        decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
-        window = window_fn(tf.shape(decoded))
-        return tf.slice(decoded, [window[0], window[1], 0], [window[2], window[3], 3])
+        return _crop(tf.io.decode_image(image, channels=3, expand_animations=False), window_fn)
 
     cropped = tf.cond(tf.io.is_jpeg(image), jpeg, other)
     cropped.set_shape([None, None, 3])

@@ -102,7 +102,7 @@ class Source:
 
     @property
     def default_cache(self) -> bool:
-        return False
+        return self.info.name in CACHE_BY_DEFAULT
 
 
 def _check_num_classes(config: DataConfig, found: int | None, where: str) -> int:
@@ -118,12 +118,9 @@ def _check_num_classes(config: DataConfig, found: int | None, where: str) -> int
 
 
 def _finish_list(ds, n: int, options: ReadOptions):
-    """Shard, shuffle and repeat an in-memory list of records (whole-list shuffle each epoch)."""
-    if options.num_pipelines > 1:
-        ds = ds.shard(options.num_pipelines, options.pipeline_id)
-    if options.training:
-        ds = ds.shuffle(n, seed=options.seed, reshuffle_each_iteration=True).repeat()
-    return ds
+    """Shard, shuffle and repeat an in-memory list of n records (whole-list shuffle each epoch)."""
+    return _finish_records(ds, dataclasses.replace(options, shuffle_buffer_size=n), by_file=False,
+                           repeated=False)
 
 
 class SyntheticSource(Source):
@@ -142,18 +139,14 @@ class SyntheticSource(Source):
     def records(self, split, options):
         n = self.info.split_size(split)
         ds = tf.data.Dataset.range(n).map(
-            lambda i: (tf.stack([i, tf.constant(int(split == "eval"), tf.int64)]),
+            lambda i: (tf.stack([i, tf.constant(synthetic.SPLIT_OFFSETS[split], tf.int64)]),
                        tf.strings.join([f"synthetic:{split}:", tf.strings.as_string(i)])))
         return _finish_list(ds, n, options)
 
     def decode(self, payload):
-        index, is_eval = payload[0], payload[1]
-        size = self.config.synthetic_image_size
-
-        def make(split):
-            return lambda: synthetic.make_image(index, num_classes=self.num_classes, image_size=size,
-                                                seed=self.config.seed, split=split)
-        return tf.cond(is_eval > 0, make("eval"), make("train"))
+        return synthetic.make_image(payload[0], num_classes=self.num_classes,
+                                    image_size=self.config.synthetic_image_size,
+                                    seed=self.config.seed, offset=payload[1])
 
 
 def list_image_folder(root: str):
@@ -277,10 +270,6 @@ class TFRecordSource(Source):
             return IMAGENET_SIZES[0] - held, held
         return _count_files(tuple(self.files["train"])), _count_files(tuple(self.files["eval"]))
 
-    @property
-    def default_cache(self):
-        return self.info.name in CACHE_BY_DEFAULT
-
     def records(self, split, options):
         files = self.files[split]
         by_file = options.training and len(files) >= options.num_pipelines
@@ -304,7 +293,6 @@ class TFRecordSource(Source):
         return tfrecord.parse_example(payload)
 
 
-@functools.lru_cache(maxsize=64)
 def _finish_records(ds, options: ReadOptions, by_file: bool, repeated: bool):
     """Example-level sharding where files could not be split; cache, shuffle, repeat to train."""
     if not by_file and options.num_pipelines > 1:
@@ -317,6 +305,7 @@ def _finish_records(ds, options: ReadOptions, by_file: bool, repeated: bool):
     return ds if repeated else ds.repeat()
 
 
+@functools.lru_cache(maxsize=64)
 def _count_files(files: tuple) -> int:
     log.info("Counting the records of %d TFRecord files (no %s)...", len(files), tfrecord.METADATA_FILE)
     return tfrecord.count_records(files)
@@ -327,7 +316,6 @@ class TFDSSource(Source):
         import tensorflow_datasets as tfds
 
         self._tfds = tfds
-        self.name = config.dataset
         self.builder_name = TFDS_BUILDERS[config.dataset]
         self.builder = tfds.builder(self.builder_name, data_dir=config.data_dir)
         if not self.builder.is_prepared():
@@ -347,10 +335,6 @@ class TFDSSource(Source):
             train_split=f"tfds {self.builder_name}:{self.splits['train']}",
             eval_split=f"tfds {self.builder_name}:{self.splits['eval']}",
             class_names=tuple(label.names) if label.names else None)
-
-    @property
-    def default_cache(self):
-        return self.name in CACHE_BY_DEFAULT
 
     def records(self, split, options):
         tfds = self._tfds

@@ -11,7 +11,8 @@ import math
 
 import tensorflow as tf
 
-_SPLIT_OFFSETS = {"train": 0, "eval": 1 << 40}
+# Added to the example index in the random key, so the splits never share an image.
+SPLIT_OFFSETS = {"train": 0, "eval": 1 << 40}
 
 
 def class_color(label, num_classes):
@@ -21,11 +22,12 @@ def class_color(label, num_classes):
     return tf.image.hsv_to_rgb(hsv) * 255.0
 
 
-def make_image(index, *, num_classes: int, image_size: int, seed: int, split: str):
-    """(uint8 [S, S, 3] image, int32 label) for example `index` of `split`."""
+def make_image(index, *, num_classes: int, image_size: int, seed: int, offset):
+    """(uint8 [S, S, 3] image, int32 label) for example `index` of the split whose
+    `SPLIT_OFFSETS` entry is `offset`."""
     index = tf.cast(index, tf.int64)
     label = tf.cast(index % num_classes, tf.int32)
-    key = tf.stack([tf.constant(seed, tf.int64), index + _SPLIT_OFFSETS[split]])
+    key = tf.stack([tf.constant(seed, tf.int64), index + tf.cast(offset, tf.int64)])
     phase_seed, gain_seed, noise_seed = tf.unstack(
         tf.random.experimental.stateless_split(key, num=3))
     phase = tf.random.stateless_uniform([], phase_seed, 0.0, 2.0 * math.pi)
