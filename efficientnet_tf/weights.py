@@ -21,6 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf import config as cfg
+from efficientnet_tf.files import copy_atomic
 from efficientnet_tf.layers import MBConvBlock
 from efficientnet_tf.model import build_feature_extractor, build_model, resolve_config
 
@@ -141,22 +142,15 @@ def convert(model_name, ckpt_path, output, *, num_classes=None, overrides=None,
 
 
 def save_weights_atomic(model: keras.Model, output) -> str:
-    """Keras writes .weights.h5 in place: write a temp sibling and rename, so an interrupted
-    save never leaves half a file at `output`."""
+    """Keras writes .weights.h5 in place and to local paths only: write a local temp file, then
+    copy it so that `output` (local or gs://) never holds half a file."""
     output = os.fspath(output)
     if not output.endswith(".weights.h5"):
         raise ValueError(f"output={output!r}: must end with '.weights.h5'.")
-    out_dir = os.path.dirname(os.path.abspath(output))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tmp-", suffix=".weights.h5")
-    os.close(fd)
-    try:
-        model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with tempfile.TemporaryDirectory(prefix="efficientnet_tf-") as tmp_dir:
+        local = os.path.join(tmp_dir, "model.weights.h5")
+        model.save_weights(local)
+        copy_atomic(local, output)
     return output
 
 
