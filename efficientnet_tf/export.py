@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf.data.preprocessing import preprocess_for_eval
+from efficientnet_tf.files import write_bytes_atomic
 from efficientnet_tf.layers import ImageNormalization, MBConvBlock, SqueezeExcite
 from efficientnet_tf.training.regularization import l2_loss
 
@@ -217,11 +218,8 @@ class FoldedNetwork(tf.Module):
             nonlocal pending, norm
             if pending is not None:
                 conv, bn, act = pending
-                scale = offset = None
-                if norm is not None:
-                    scale = [1.0 / s for s in norm.stddev]
-                    offset = [-m / s for m, s in zip(norm.mean, norm.stddev)]
-                    norm = None
+                scale, offset = norm.scale_offset() if norm is not None else (None, None)
+                norm = None
                 self.steps.append(FoldedConv(conv, bn, act, scale, offset))
                 pending = None
 
@@ -285,18 +283,18 @@ class GlobalPool(tf.Module):
         return self.reduce_fn(x, axis=[1, 2])
 
 
-def fold_model(model: keras.Model, *, check: bool = True) -> FoldedNetwork:
-    """The folded inference network; `check` compares it to `model` on a random batch."""
+def fold_model(model: keras.Model, *, image_size: int | None = None) -> FoldedNetwork:
+    """The folded inference network, checked against `model` on a random batch of
+    `image_size` images (needed when the model's input size is not fixed)."""
     folded = FoldedNetwork(model)
-    if check:
-        size = model_image_size(model, None)
-        x = tf.random.stateless_uniform([2, size, size, 3], seed=[1, 2], maxval=255.0)
-        delta = float(tf.reduce_max(tf.abs(
-            tf.cast(model(x, training=False), tf.float32) - folded(x))))
-        tolerance = FOLD_CHECK_TOLERANCE if model.compute_dtype == "float32" else 5e-2
-        if not delta <= tolerance:
-            raise RuntimeError(f"BN folding of {model.name} changed its output by {delta:.3g} "
-                               f"(tolerance {tolerance:g}); export it with fold_batch_norm=False.")
+    size = model_image_size(model, image_size)
+    x = tf.random.stateless_uniform([2, size, size, 3], seed=[1, 2], maxval=255.0)
+    delta = float(tf.reduce_max(tf.abs(
+        tf.cast(model(x, training=False), tf.float32) - folded(x))))
+    tolerance = FOLD_CHECK_TOLERANCE if model.compute_dtype == "float32" else 5e-2
+    if not delta <= tolerance:
+        raise RuntimeError(f"BN folding of {model.name} changed its output by {delta:.3g} "
+                           f"(tolerance {tolerance:g}); export it with fold_batch_norm=False.")
     return folded
 
 
@@ -509,7 +507,7 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
         class_names = [str(c) for c in class_names]
         if len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for a {num_classes}-class model.")
-    network = fold_model(model) if fold_batch_norm else model
+    network = fold_model(model, image_size=size) if fold_batch_norm else model
     module = ServingModule(network, apply_softmax=apply_softmax, image_size=size,
                            top_k=min(top_k, num_classes), reference_bicubic=reference_bicubic)
     info = {
@@ -694,7 +692,7 @@ def export_tflite(model: keras.Model, path: str, *, quantize: str | None = None,
         raise ValueError(f"path={path!r}: must end with '.tflite'.")
     _check_destination(path, overwrite)
     size = model_image_size(model, image_size)
-    folded = fold_model(model)
+    folded = fold_model(model, image_size=size)
     fn = tf.function(folded.__call__, input_signature=[
         tf.TensorSpec([1, size, size, 3], tf.float32, name="images")])
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
@@ -706,8 +704,6 @@ def export_tflite(model: keras.Model, path: str, *, quantize: str | None = None,
             representative_images, size, max_calibration_images)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     flatbuffer = converter.convert()
-    with _atomic_output(path, overwrite) as tmp:
-        with tf.io.gfile.GFile(tmp, "wb") as f:
-            f.write(flatbuffer)
+    write_bytes_atomic(os.fspath(path), flatbuffer)  # the destination was checked above
     logging.info("Wrote %s (%s, %.1f MB).", path, quantize or "float32", len(flatbuffer) / 2**20)
     return os.fspath(path)

@@ -28,8 +28,6 @@ def swish(x):
 def get_activation(name: str):
     if name == "swish":
         return swish
-    if name == "relu6":
-        return keras.activations.relu6
     return keras.activations.get(name)
 
 
@@ -79,11 +77,15 @@ class ImageNormalization(keras.layers.Layer):
         self.mean = tuple(float(m) for m in mean)
         self.stddev = tuple(float(s) for s in stddev)
 
+    def scale_offset(self) -> tuple[list[float], list[float]]:
+        """(1 / std, -mean / std) per channel: the layer is `x * scale + offset`."""
+        return ([1.0 / s for s in self.stddev],
+                [-m / s for m, s in zip(self.mean, self.stddev)])
+
     def call(self, inputs):
-        scale = ops.convert_to_tensor([1.0 / s for s in self.stddev], dtype=inputs.dtype)
-        offset = ops.convert_to_tensor([-m / s for m, s in zip(self.mean, self.stddev)],
-                                       dtype=inputs.dtype)
-        return inputs * scale + offset
+        scale, offset = self.scale_offset()
+        return (inputs * ops.convert_to_tensor(scale, dtype=inputs.dtype)
+                + ops.convert_to_tensor(offset, dtype=inputs.dtype))
 
     def compute_output_shape(self, input_shape):
         return input_shape
