@@ -131,7 +131,7 @@ def define_flags():
                       "SavedModel.")
     flags.DEFINE_bool("tflite", False, "export: EXPORT_DIR/model.tflite instead of a SavedModel.")
     flags.DEFINE_enum("quantize", None, ["dynamic", "int8"], "export --tflite: post-training "
-                      "quantization; int8 calibrates on --dataset/--data_dir eval images.")
+                      "quantization; int8 calibrates on --dataset/--data_dir training images.")
     flags.DEFINE_string("saved_model", None, "predict: a serving SavedModel from --mode=export.")
     flags.DEFINE_list("image", None, "predict: image file(s), comma-separated; cam: one image.")
     flags.DEFINE_integer("top_k", 5, "predict: classes to report per image.")

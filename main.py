@@ -38,13 +38,15 @@ def _trainer():
 
 
 def run_train(evaluate=False):
+    from efficientnet_tf.training.trainer import BEST_WEIGHTS_FILE
+
     trainer = _trainer()
     result = trainer.train(evaluate_every_checkpoint=evaluate)
     print(f"Trained to step {result['step']}. Checkpoints, config.json and TensorBoard logs in "
           f"{trainer.model_dir}")
     if evaluate and "top_1" in result:
         _print_eval(result, trainer)
-        print(f"Best EMA weights: {os.path.join(trainer.model_dir, 'best.weights.h5')}")
+        print(f"Best EMA weights: {os.path.join(trainer.model_dir, BEST_WEIGHTS_FILE)}")
 
 
 def run_eval():
@@ -60,11 +62,13 @@ def run_eval():
 
 
 def _print_eval(result, trainer):
+    from efficientnet_tf.training.trainer import EVAL_RESULTS_FILE
+
     chance = 1.0 / trainer.num_classes
     print(f"Eval at step {result['step']}: top_1={result['top_1']:.4f} "
           f"top_5={result['top_5']:.4f} over {result['num_examples']} examples "
           f"(chance {chance:.4f}). Results: "
-          f"{os.path.join(trainer.model_dir, 'eval_results.json')}")
+          f"{os.path.join(trainer.model_dir, EVAL_RESULTS_FILE)}")
 
 
 def run_prepare():

@@ -10,9 +10,6 @@ from efficientnet_tf import config as cfg
 from efficientnet_tf.layers import (CONV_KERNEL_INITIALIZER, DENSE_KERNEL_INITIALIZER,
                                     ImageNormalization, MBConvBlock, batch_norm, get_activation)
 
-NUM_REDUCTIONS = 5
-
-
 def resolve_config(phi=None, model_name=None, config=None, **overrides) -> cfg.ModelConfig:
     """Exactly one of phi / model_name / config picks the network (default: B0)."""
     given = [x is not None for x in (phi, model_name, config)]

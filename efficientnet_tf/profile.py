@@ -3,11 +3,11 @@
 FLOPs here are multiply-accumulates (MACs), the unit of the paper's "FLOPS (multiply-adds)" column,
 counted per image (batch 1) from the ops of the traced inference graph:
 
-- Conv2D: H_out * W_out * C_out * kh * kw * C_in_per_group (the filter's input dimension). This
-  includes the stem, every expand/project 1x1 conv, the head conv and the two 1x1 convs of each
-  squeeze-and-excitation (they run on a 1x1 map, so they add well under 1%).
+- Conv2D: H_out * W_out * C_out * kh * kw * C_in_per_group (the filter's input dimension): the
+  stem, every expand/project 1x1 conv and the head conv.
 - DepthwiseConv2dNative: H_out * W_out * C_in * multiplier * kh * kw.
-- MatMul / BatchMatMul: batch * m * k * n (the classifier).
+- MatMul / BatchMatMul: batch * m * k * n: the classifier and the two 1x1 convs of each
+  squeeze-and-excitation, which run as matmuls on the pooled vector (well under 1% in all).
 
 Everything else is deliberately not counted, as in the paper: elementwise arithmetic (BatchNorm in
 inference form, input normalization, activations, SE's sigmoid and gating multiply, residual adds),

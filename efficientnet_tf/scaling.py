@@ -108,7 +108,7 @@ def _with_coefficients(base: ModelConfig, depth_coefficient: float, width_coeffi
 def compound_config(base: ModelConfig, phi: float, alpha: float, beta: float,
                     gamma: float) -> ModelConfig:
     """Paper eq. 3 applied to `base`: depth x alpha^phi, width x beta^phi, resolution x gamma^phi
-    (rounded to a multiple of 8, as `compound_coefficients` does for the B-series)."""
+    (rounded to a multiple of 8 by `compound_coefficients`, as `config_for_phi` for non-table phi)."""
     width, depth, resolution = cfg.compound_coefficients(phi, alpha, beta, gamma,
                                                          base_resolution=base.resolution)
     return scaled_config(base, depth=depth, width=width, resolution=resolution)
@@ -291,6 +291,10 @@ def scaling_search(experiment: ExperimentConfig, strategy, output_dir: str, *,
     rows, configs = [], []
     for alpha, beta, gamma in candidates:
         config = compound_config(base, phi, alpha, beta, gamma)
+        configs.append(config)
+        if (alpha, beta, gamma) in finished:  # its row already holds params and FLOPs
+            rows.append(finished[(alpha, beta, gamma)])
+            continue
         params, flops = count(config)
         row = {"alpha": alpha, "beta": beta, "gamma": gamma,
                "depth": config.depth_coefficient, "width": config.width_coefficient,
@@ -298,8 +302,7 @@ def scaling_search(experiment: ExperimentConfig, strategy, output_dir: str, *,
                "top_1": None, "top_5": None,
                "model_dir": os.path.join(output_dir, "candidates",
                                          candidate_dir_name(alpha, beta, gamma))}
-        rows.append(finished.get((alpha, beta, gamma), row))
-        configs.append(config)
+        rows.append(row)
 
     def save():
         result = {"settings": settings, "candidates": rows, "best": _best(rows)}
