@@ -56,8 +56,8 @@ def define_flags():
     flags.DEFINE_bool("reference_bicubic", False, "Resize with the TF1 bicubic kernel the official "
                       "checkpoints were evaluated with.")
     flags.DEFINE_bool("deterministic", False, "Deterministic input order and augmentation.")
-    flags.DEFINE_bool("cache", None, "Cache the encoded dataset in memory (default: only small "
-                      "TFDS datasets).")
+    flags.DEFINE_bool("cache", None, "Cache the encoded dataset in memory (default: only the small "
+                      "datasets cifar10/100, oxford_flowers102, oxford_iiit_pet).")
     flags.DEFINE_integer("synthetic_train_size", data_defaults.synthetic_train_size,
                          "synthetic: training examples generated.")
     flags.DEFINE_integer("synthetic_eval_size", data_defaults.synthetic_eval_size,
@@ -113,7 +113,7 @@ def define_flags():
                       "gamma/beta fixed (small-batch fine-tuning).")
     flags.DEFINE_integer("keep_checkpoint_max", defaults.keep_checkpoint_max,
                          "Checkpoints kept in --model_dir (the best weights are kept apart).")
-    flags.DEFINE_integer("seed", None, "Random seed for the input pipeline and initialization.")
+    flags.DEFINE_integer("seed", None, "Random seed for the input pipeline, synthetic data and --mode=prepare shuffling.")
     flags.DEFINE_string("weights", None, "Initialize (train) or evaluate (eval) from a converted "
                         ".weights.h5 file or an official checkpoint; a different --num_classes "
                         "replaces the classifier.")

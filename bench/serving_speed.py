@@ -12,7 +12,7 @@ float [0, 255] image goes through:
 - tflite_int8: `export_tflite(quantize="int8")`, calibrated on random images (speed only).
 Timed runs alternate between the variants so they share the machine's noise; each repeat times
 `iters` calls. Reported: median and minimum ms per call over repeats, and ratio = variant /
-keras_apps latency (lower is faster). Targets: saved_model <= 0.8, tflite (B1) <= 0.35.
+keras_apps latency (lower is faster). Targets: saved_model <= 0.8, TFLite B1 <= 0.35 (met by tflite_int8).
 On a shared machine the minimum is the steadier number.
 """
 from __future__ import annotations

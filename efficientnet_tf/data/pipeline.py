@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class SkipCounter:
     """Counts training records skipped as corrupt or undecodable (thread-safe).
 
-    The pipeline updates it as records flow through, so at the end of an epoch it has seen every
+    The pipeline updates it as records flow through, so at a checkpoint it has seen every
     record consumed so far (plus the few already prefetched). Read `count` or `reset()` there.
     """
 
@@ -49,7 +49,7 @@ class SkipCounter:
         return self._count
 
     def reset(self) -> int:
-        """Return the count and start again from zero (e.g. once per epoch)."""
+        """Return the count and start again from zero (the trainer does, at every checkpoint)."""
         with self._lock:
             count, self._count = self._count, 0
         return count
