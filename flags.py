@@ -235,7 +235,7 @@ def data_config_from_flags(FLAGS):
         return DataConfig(
             dataset=dataset, data_dir=FLAGS.data_dir, tfds=FLAGS.tfds,
             holdout_shards=FLAGS.holdout_shards,
-            num_classes=FLAGS.num_classes if dataset == "synthetic" else None,
+            num_classes=FLAGS.num_classes if dataset in ("synthetic", "folder") else None,
             augment_name=FLAGS.augment_name, randaug_num_layers=FLAGS.randaug_num_layers,
             randaug_magnitude=FLAGS.randaug_magnitude, mixup_alpha=FLAGS.mixup_alpha,
             cutmix_alpha=FLAGS.cutmix_alpha, reference_bicubic=FLAGS.reference_bicubic,

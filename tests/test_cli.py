@@ -85,6 +85,13 @@ def test_prepare_folder_then_train_and_eval_on_it(tmp_path):
     assert results["num_examples"] == 6 and results["step"] == 2
     config = json.loads((model_dir / "config.json").read_text())
     assert config["model"]["num_classes"] == 3
+    # Folder TFRecords without metadata.json (e.g. converted elsewhere): --num_classes says it.
+    (data_dir / "metadata.json").unlink()
+    proc = run_main("--mode=eval", "--dataset=folder", f"--data_dir={data_dir}",
+                    "--num_classes=3", "--model=efficientnet-b0", "--width_coefficient=0.25",
+                    "--depth_coefficient=0.2", "--image_size=32", "--train_batch_size=4",
+                    "--eval_batch_size=4", f"--model_dir={model_dir}")
+    assert json.loads((model_dir / "eval_results.json").read_text())["num_examples"] == 6
 
 
 def test_readme_commands_are_current(tmp_path):
