@@ -79,6 +79,19 @@ def test_resume_refuses_a_different_model(trained_run):
     assert "different model" in proc.stderr
 
 
+def test_eval_refuses_flags_that_would_score_other_weights(trained_run):
+    """Eval builds from flags: a different EMA setting or model than the run's config.json would
+    evaluate the EMA's initial values, the raw weights or a partial restore; it is refused."""
+    model_dir, _ = trained_run
+    proc = run_main("--mode=eval", *TINY_FLAGS, "--moving_average_decay=0",
+                    f"--model_dir={model_dir}", check=False)
+    assert proc.returncode == 2 and "trained with --moving_average_decay=0.9999" in proc.stderr
+    flags = [f for f in TINY_FLAGS if not f.startswith("--width")]
+    proc = run_main("--mode=eval", *flags, "--width_coefficient=0.5", f"--model_dir={model_dir}",
+                    check=False)
+    assert proc.returncode == 2 and "cannot be evaluated" in proc.stderr
+
+
 def test_use_tpu_without_tpu_fails_fast(tmp_path):
     start = time.monotonic()
     proc = run_main("--mode=train", *TINY_FLAGS, "--use_tpu", "--train_steps=1",

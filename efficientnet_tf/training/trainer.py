@@ -6,6 +6,7 @@ MultiWorkerMirroredStrategy and with `steps_per_execution > 1` under MirroredStr
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -138,24 +139,41 @@ class Trainer:
         if not latest:
             raise FileNotFoundError(f"No checkpoint in --model_dir={self.model_dir} and no "
                                     "--weights given: nothing to evaluate.")
+        saved = self._saved_config()
+        if saved is not None:
+            self._require_same_model(saved, "evaluated")
+            decay = saved["train"]["moving_average_decay"]
+            if (decay > 0) != (self.ema is not None):
+                raise ValueError(
+                    f"--model_dir={self.model_dir} was trained with --moving_average_decay="
+                    f"{decay}; evaluate it with the same setting, or the wrong weights (raw vs "
+                    "EMA) would be scored.")
         self.checkpoint.restore(latest).expect_partial()
         return latest
+
+    def _saved_config(self) -> dict | None:
+        path = os.path.join(self.model_dir, CONFIG_FILE)
+        if not tf.io.gfile.exists(path):
+            return None
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)
+
+    def _require_same_model(self, saved: dict, action: str):
+        if _architecture(saved["model"]) != _architecture(self.experiment.model.to_dict()):
+            raise ValueError(
+                f"{os.path.join(self.model_dir, CONFIG_FILE)} describes a different model than "
+                f"this run's flags; checkpoints in --model_dir={self.model_dir} cannot be "
+                f"{action} with it. Use a new --model_dir or the same model flags.")
 
     def write_config(self):
         """config.json next to the checkpoints; a different model there is refused, not mixed."""
         if not self.is_chief:
             return
         tf.io.gfile.makedirs(self.model_dir)
-        path = os.path.join(self.model_dir, CONFIG_FILE)
-        if tf.io.gfile.exists(path) and tf.train.latest_checkpoint(self.model_dir):
-            with tf.io.gfile.GFile(path) as f:
-                previous = json.load(f)
-            if _architecture(previous["model"]) != _architecture(self.experiment.model.to_dict()):
-                raise ValueError(
-                    f"{path} describes a different model than this run's flags; checkpoints in "
-                    f"--model_dir={self.model_dir} cannot be resumed with it. Use a new "
-                    "--model_dir or the same model flags.")
-        write_json_atomic(path, self.experiment.to_dict())
+        saved = self._saved_config()
+        if saved is not None and tf.train.latest_checkpoint(self.model_dir):
+            self._require_same_model(saved, "resumed")
+        write_json_atomic(os.path.join(self.model_dir, CONFIG_FILE), self.experiment.to_dict())
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -286,14 +304,9 @@ class Trainer:
             self.strategy, self.experiment.data, "eval", self.experiment.train.eval_batch_size,
             image_size=self.image_size, is_training=False)
         totals = tf.zeros([3])
-        if self.ema is not None:
-            self.ema.swap()
-        try:
+        with self._deployed_weights():
             for images, labels, weights in dataset:
                 totals += self._eval_step(images, labels, weights)
-        finally:
-            if self.ema is not None:
-                self.ema.swap()
         top1, top5, count = (float(v) for v in totals.numpy())
         if int(round(count)) != self.info.eval_size:
             raise RuntimeError(f"Evaluated {count:.0f} examples but the eval split has "
@@ -334,12 +347,12 @@ class Trainer:
         return float(sum(tf.reduce_sum(tf.cast(w, tf.float64)).numpy()
                          for w in self.model.weights))
 
+    def _deployed_weights(self):
+        """The weights eval and users see: the EMA averages, swapped in, when the run keeps them."""
+        return self.ema.averaged_weights() if self.ema is not None else contextlib.nullcontext()
+
     def save_weights(self, path: str):
-        """The weights a user deploys: the EMA averages when the run keeps them."""
-        if self.ema is not None:
-            with self.ema.averaged_weights():
-                save_weights_atomic(self.model, path)
-        else:
+        with self._deployed_weights():
             save_weights_atomic(self.model, path)
 
     def _write_input_images(self, writer, count: int = 4):
