@@ -336,12 +336,6 @@ def outputs_logits(model: keras.Model) -> bool:
                      "softmax nor linear (logits); class probabilities are undefined.")
 
 
-def probabilities(model: keras.Model, images):
-    """Softmax class probabilities of a classifier, whether it outputs logits or softmax."""
-    out = tf.cast(model(images, training=False), tf.float32)
-    return tf.nn.softmax(out) if outputs_logits(model) else out
-
-
 def _check_destination(path: str, overwrite: bool) -> str:
     path = os.fspath(path).rstrip("/")
     if not path:

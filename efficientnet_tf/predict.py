@@ -14,7 +14,6 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf import export
-from efficientnet_tf.data.preprocessing import preprocess_for_eval
 
 IMAGENET_NUM_CLASSES = 1000
 
@@ -91,16 +90,6 @@ def _batches(items, batch_size):
         yield items[start:start + batch_size]
 
 
-def _probabilities_from_model(model, encoded, image_size, reference_bicubic, batch_size):
-    preprocess = tf.function(lambda b: preprocess_for_eval(
-        b, image_size, reference_bicubic=reference_bicubic))
-    out = []
-    for batch in _batches(encoded, batch_size):
-        images = tf.stack([preprocess(tf.constant(b)) for b in batch])
-        out.append(export.probabilities(model, images).numpy())
-    return np.concatenate(out)
-
-
 def _load_serving(saved_model_dir):
     if not tf.io.gfile.exists(os.path.join(saved_model_dir, "saved_model.pb")):
         raise FileNotFoundError(f"{saved_model_dir!r} is not a SavedModel directory (no "
@@ -137,18 +126,20 @@ def predict_images(paths, *, model=None, saved_model_dir=None, image_size=None, 
         raise ValueError(f"batch_size={batch_size}: must be >= 1.")
     encoded = [read_image_file(p) for p in paths]
     if model is not None:
-        size = export.model_image_size(model, image_size)
-        probs = _probabilities_from_model(model, encoded, size, reference_bicubic, batch_size)
+        # The export's own bytes -> eval preprocessing -> probabilities path, unsaved.
+        serve = export.ServingModule(
+            model, apply_softmax=export.outputs_logits(model), top_k=1,
+            image_size=export.model_image_size(model, image_size),
+            reference_bicubic=reference_bicubic).serve_bytes
     else:
         if image_size is not None or reference_bicubic:
             raise ValueError("image_size and reference_bicubic are fixed inside a SavedModel "
                              "export; do not pass them with saved_model_dir.")
-        _, signature = _load_serving(saved_model_dir)
-        probs = np.concatenate([
-            signature(image_bytes=tf.constant(batch))["probabilities"].numpy()
-            for batch in _batches(encoded, batch_size)])
+        _, serve = _load_serving(saved_model_dir)
         if class_names is None:
             class_names = (export.read_export_info(saved_model_dir) or {}).get("class_names")
+    probs = np.concatenate([serve(image_bytes=tf.constant(batch))["probabilities"].numpy()
+                            for batch in _batches(encoded, batch_size)])
     labels = class_labels(probs.shape[-1], class_names)
     k = min(top_k, probs.shape[-1])
     predictions = []
