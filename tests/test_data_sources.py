@@ -138,3 +138,23 @@ def test_tfds_not_prepared_is_an_error_not_a_download(tmp_path):
     (tmp_path / "something").mkdir()
     with pytest.raises(FileNotFoundError, match="'cifar100' is not prepared.*never downloads"):
         get_dataset_info(DataConfig(dataset="cifar100", data_dir=str(tmp_path)))
+
+
+def test_records_without_metadata_are_counted_once(tmp_path, monkeypatch):
+    """Split sizes of TFRecords without metadata.json cost a full read; it happens once per file
+    set, not at every resolve_source (info, each pipeline, each eval)."""
+    from efficientnet_tf.data import sources, tfrecord
+
+    images = [encode(natural_image(20, 24, seed=i)) for i in range(4)]
+    write_image_tfrecords(str(tmp_path), "train", images, [0, 1, 0, 1], num_shards=2)
+    write_image_tfrecords(str(tmp_path), "validation", images[:2], [0, 1], num_shards=1)
+    reads = []
+    monkeypatch.setattr(tfrecord, "count_records",
+                        lambda files: reads.append(files) or len(files) * 2)
+    sources._count_files.cache_clear()
+    config = DataConfig(dataset="cifar10", data_dir=str(tmp_path), tfds=False)
+    for _ in range(3):
+        info = get_dataset_info(config)
+    build_dataset(config, "eval", 2, image_size=8)
+    assert (info.train_size, info.eval_size) == (4, 2) and len(reads) == 2  # train, eval
+    sources._count_files.cache_clear()
