@@ -8,10 +8,10 @@ import tensorflow as tf
 from conftest import TINY
 
 from efficientnet_tf import build_model
-from efficientnet_tf.training import (ExponentialMovingAverage, RMSpropTF, WarmupConstant,
-                                      WarmupCosineDecay, WarmupExponentialDecay, build_lr_schedule,
-                                      build_optimizer, classification_loss, ema_decay,
-                                      ema_source_variables, l2_loss, l2_variables)
+from efficientnet_tf.training import (LARS, ExponentialMovingAverage, MomentumTF,
+                                      ReferenceLearningRate, RMSpropTF, build_learning_rate,
+                                      build_lr_schedule, build_optimizer, classification_loss,
+                                      ema_decay, ema_source_variables, l2_loss, l2_variables)
 
 GRADS = np.array([[0.5, -1.0, 2.0], [0.1, 0.3, -0.2], [-1.5, 0.0, 0.7], [2.0, -0.4, 0.05]])
 
@@ -63,6 +63,20 @@ def test_rmsprop_under_loss_scaling_matches_unscaled_rule():
         build_optimizer(0.1, mixed_precision="auto")
 
 
+def test_build_optimizer_names():
+    assert type(build_optimizer(0.1, optimizer="sgd")) is keras.optimizers.SGD
+    assert build_optimizer(0.1, optimizer="sgd").momentum == 0.0
+    assert type(build_optimizer(0.1, optimizer="momentum")) is MomentumTF
+    for name, cls in (("rmsprop", RMSpropTF), ("momentum", MomentumTF), ("lars", LARS)):
+        wrapped = build_optimizer(0.1, optimizer=name, mixed_precision="mixed_float16")
+        assert type(wrapped.inner_optimizer) is cls
+    with pytest.raises(ValueError, match="optimizer='adam'"):
+        build_optimizer(0.1, optimizer="adam")
+    lars = build_optimizer(0.1, optimizer="lars")
+    clone = keras.optimizers.deserialize(keras.optimizers.serialize(lars))
+    assert type(clone) is LARS and clone.get_config() == lars.get_config()
+
+
 def test_rmsprop_trains_a_mixed_float16_model():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -106,7 +120,7 @@ def test_rmsprop_checkpoint_restores_slots(tmp_path):
 
 
 def test_rmsprop_serializes_with_schedule():
-    opt = RMSpropTF(learning_rate=WarmupExponentialDecay(0.1, decay_steps=24, warmup_steps=50),
+    opt = RMSpropTF(learning_rate=ReferenceLearningRate(0.1, steps_per_epoch=10),
                     rho=0.8, momentum=0.5, epsilon=1e-4)
     clone = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
     assert isinstance(clone, RMSpropTF)
@@ -124,35 +138,67 @@ def lr_at(schedule, step):
 
 def test_exponential_schedule_reference_numbers():
     # 0.016 per 256 images at global batch 2048 -> 0.128; 100 steps/epoch: warmup 500 steps,
-    # decay every 240 steps, counted from the end of warmup (continuous at step 500).
+    # decay every 240 steps counted from step 0 (the reference): at step 500 already 0.97^2.
     s = build_lr_schedule("exponential", 0.016, 2048, steps_per_epoch=100, total_steps=35000)
-    expected = {0: 0.0, 250: 0.064, 499: 0.128 * 499 / 500, 500: 0.128, 739: 0.128,
-                740: 0.128 * 0.97, 500 + 240 * 10 + 5: 0.128 * 0.97 ** 10}
+    expected = {0: 0.0, 250: 0.064, 499: 0.128 * 499 / 500, 500: 0.128 * 0.97 ** 2,
+                719: 0.128 * 0.97 ** 2, 720: 0.128 * 0.97 ** 3, 2405: 0.128 * 0.97 ** 10}
     for step, lr in expected.items():
         assert lr_at(s, step) == pytest.approx(lr, rel=1e-6, abs=1e-9), step
 
 
-def test_cosine_and_constant_schedules():
+def test_continuous_warmup_option():
+    # The project's former default: decay counted from the end of warmup, lr(warmup) = peak.
+    s = build_lr_schedule("exponential", 0.016, 2048, steps_per_epoch=100, total_steps=35000,
+                          continuous_warmup=True)
+    expected = {0: 0.0, 250: 0.064, 499: 0.128 * 499 / 500, 500: 0.128, 739: 0.128,
+                740: 0.128 * 0.97, 500 + 240 * 10 + 5: 0.128 * 0.97 ** 10}
+    for step, lr in expected.items():
+        assert lr_at(s, step) == pytest.approx(lr, rel=1e-6, abs=1e-9), step
+    cos = build_lr_schedule("cosine", 0.016, 512, steps_per_epoch=100, total_steps=1500,
+                            continuous_warmup=True)
+    for step, lr in {100: 0.0064, 500: 0.032, 750: 0.016 * (1 + math.cos(math.pi / 4)),
+                     1000: 0.016, 1500: 0.0}.items():
+        assert lr_at(cos, step) == pytest.approx(lr, rel=1e-6, abs=1e-9), step
+    # poly already decays from the end of warmup in the reference: the option changes nothing.
+    kw = dict(steps_per_epoch=10, total_steps=100)
+    poly, cont = build_lr_schedule("poly", 0.016, 2048, **kw), build_lr_schedule(
+        "poly", 0.016, 2048, continuous_warmup=True, **kw)
+    assert [lr_at(poly, s) for s in range(0, 120, 7)] == pytest.approx(
+        [lr_at(cont, s) for s in range(0, 120, 7)], rel=1e-6)
+    clone = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(cos))
+    assert clone.continuous_warmup and lr_at(clone, 750) == pytest.approx(lr_at(cos, 750))
+
+
+def test_cosine_poly_and_constant_schedules():
     cos = build_lr_schedule("cosine", 0.016, 512, steps_per_epoch=100, total_steps=1500,
                             warmup_epochs=5)
-    assert isinstance(cos, WarmupCosineDecay)
-    for step, lr in {100: 0.0064, 500: 0.032, 750: 0.016 * (1 + math.cos(math.pi / 4)),
-                     1000: 0.016, 1500: 0.0, 2000: 0.0}.items():
-        assert lr_at(cos, step) == pytest.approx(lr, rel=1e-6, abs=1e-9), step
+    assert isinstance(cos, ReferenceLearningRate)
+    # cos(pi·step/total) from step 0; past total_steps it rises again, as in the reference.
+    for step, lr in {100: 0.0064, 500: 0.024, 750: 0.016, 1000: 0.008, 1500: 0.0,
+                     3000: 0.032}.items():
+        assert lr_at(cos, step) == pytest.approx(lr, rel=1e-6, abs=1e-8), step
+    # poly: (peak - 0.1)·(1 - p)^2 + 0.1, p = max(1, step - 50) / 51, capped at 1.
+    poly = build_lr_schedule("poly", 0.016, 2048, steps_per_epoch=10, total_steps=100)
+    after_warmup = 0.028 * (50 / 51) ** 2 + 0.1
+    for step, lr in {25: 0.064, 50: after_warmup, 51: after_warmup,
+                     75: 0.028 * (26 / 51) ** 2 + 0.1, 101: 0.1, 500: 0.1}.items():
+        assert lr_at(poly, step) == pytest.approx(lr, rel=1e-6), step
     const = build_lr_schedule("constant", 0.016, 256, steps_per_epoch=10, total_steps=100,
                               warmup_epochs=1)
-    assert isinstance(const, WarmupConstant)
     assert [lr_at(const, s) for s in (0, 5, 10, 99)] == pytest.approx([0, 0.008, 0.016, 0.016])
     no_warmup = build_lr_schedule("exponential", 0.016, 256, 10, 100, warmup_epochs=0,
                                   decay_epochs=1, decay_factor=0.5)
     assert [lr_at(no_warmup, s) for s in (0, 9, 10, 25)] == pytest.approx(
         [0.016, 0.016, 0.008, 0.004])
+    # A fractional steps_per_epoch (train_size / batch, as main.py): warmup int(5 · 12.5) = 62.
+    frac = build_lr_schedule("constant", 0.016, 256, steps_per_epoch=12.5, total_steps=100)
+    assert [lr_at(frac, 61), lr_at(frac, 62)] == pytest.approx([0.016 * 61 / 62, 0.016])
 
 
 def test_schedules_serialize_and_drive_the_optimizer():
     s = build_lr_schedule("exponential", 0.016, 2048, steps_per_epoch=100, total_steps=35000)
     clone = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(s))
-    assert type(clone) is WarmupExponentialDecay and clone.get_config() == s.get_config()
+    assert type(clone) is ReferenceLearningRate and clone.get_config() == s.get_config()
     opt = RMSpropTF(learning_rate=s)
     var = keras.Variable(np.zeros(3, "float32"))
     opt.iterations.assign(250)
@@ -170,6 +216,17 @@ def test_schedule_errors_name_the_argument():
         build_lr_schedule("constant", 0.016, 0, 10, 100)
     with pytest.raises(ValueError, match="decay_factor=1.5"):
         build_lr_schedule("exponential", 0.016, 256, 10, 100, decay_factor=1.5)
+    with pytest.raises(ValueError, match="lr_decay_type='linear'"):
+        build_learning_rate(0.1, 0, 10, "linear")
+    with pytest.raises(ValueError, match="needs steps_per_epoch"):
+        build_learning_rate(0.1, 0, lr_decay_type="exponential", warmup_epochs=0)
+    with pytest.raises(ValueError, match="needs steps_per_epoch"):
+        build_learning_rate(0.1, 0, lr_decay_type="cosine", total_steps=10)  # for the warmup
+    for name in ("cosine", "poly"):
+        with pytest.raises(ValueError, match=f"lr_decay_type='{name}' needs total_steps"):
+            build_learning_rate(0.1, 0, 10, name)
+    assert float(build_learning_rate(0.1, 3, lr_decay_type="constant", warmup_epochs=0)) == \
+        pytest.approx(0.1)
 
 
 # ---- EMA --------------------------------------------------------------------------------------

@@ -1,19 +1,30 @@
-"""RMSProp with the TF1 semantics the reference was trained with (SPEC 2).
+"""Optimizers with the TF1 semantics of the reference's `build_optimizer` (SPEC 2).
 
-Keras 3.15's `keras.optimizers.RMSprop` applies the same update (epsilon inside the square root,
-plain momentum) but starts the mean-square accumulator at zeros, so its first steps divide by
-sqrt(0.1·g² + eps) instead of sqrt(0.9 + 0.1·g² + eps): steps up to ~3x larger early in training.
-This class starts it at ones, as `tf.compat.v1.train.RMSPropOptimizer` does.
+The reference trains with `tf.compat.v1.train` optimizers; Keras 3's differ in ways that change the
+trajectory, so each is restated here.
+
+RMSProp: Keras 3.15's `keras.optimizers.RMSprop` starts the mean-square accumulator at zeros, so
+its first steps divide by sqrt(0.1·g² + eps) instead of sqrt(0.9 + 0.1·g² + eps): steps up to ~3x
+larger early in training. `RMSpropTF` starts it at ones, as `tf.compat.v1.train.RMSPropOptimizer`,
+and follows the TF1 kernel's operation order (bit-equal to the reference's golden steps).
+
+Momentum: TF1 accumulates the raw gradient and scales by the CURRENT learning rate
+(accum = m·accum + g; var −= lr·accum); Keras SGD accumulates lr·g (v = m·v − lr·g), which
+differs whenever the learning rate changes (warmup, decay).
 """
 from __future__ import annotations
 
 import keras
 from keras import ops
 
+from efficientnet_tf.config import OPTIMIZERS
+
+LARS_SKIP_LIST = ("batch_normalization", "bias", "beta", "gamma")
+
 
 @keras.saving.register_keras_serializable(package="efficientnet_tf")
 class RMSpropTF(keras.optimizers.Optimizer):
-    """ms = rho·ms + (1−rho)·g²;  mom = momentum·mom + lr·g/sqrt(ms + eps);  var −= mom.
+    """ms += (g² − ms)·(1−rho);  mom = momentum·mom + lr·g/sqrt(ms + eps);  var −= mom.
 
     `ms` starts at ONES and `mom` at zeros. Defaults are the reference's (rho 0.9, momentum 0.9,
     epsilon 1e-3). Wrap in `keras.optimizers.LossScaleOptimizer` for float16 training.
@@ -45,10 +56,13 @@ class RMSpropTF(keras.optimizers.Optimizer):
         mom = self._momentums[index]
         lr = ops.cast(learning_rate, variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
-        self.assign(ms, ops.add(ops.multiply(self.rho, ms),
-                                ops.multiply(1.0 - self.rho, ops.square(gradient))))
-        step = ops.divide(ops.multiply(lr, gradient), ops.sqrt(ops.add(ms, self.epsilon)))
-        self.assign(mom, ops.add(ops.multiply(self.momentum, mom), step))
+        # The TF1 kernel's operation order, 1 − rho taken in float32.
+        dtype = variable.dtype
+        one_minus_rho = ops.subtract(ops.cast(1.0, dtype), ops.cast(self.rho, dtype))
+        self.assign(ms, ops.add(ms, ops.multiply(ops.subtract(ops.square(gradient), ms),
+                                                 one_minus_rho)))
+        step = ops.divide(ops.multiply(gradient, lr), ops.sqrt(ops.add(ms, self.epsilon)))
+        self.assign(mom, ops.add(ops.multiply(mom, self.momentum), step))
         self.assign_sub(variable, mom)
 
     def get_config(self):
@@ -56,18 +70,107 @@ class RMSpropTF(keras.optimizers.Optimizer):
                 "epsilon": self.epsilon}
 
 
-def build_optimizer(learning_rate, *, mixed_precision="float32", rho=0.9, momentum=0.9,
-                    epsilon=1e-3) -> keras.optimizers.Optimizer:
-    """The reference optimizer; under `mixed_float16` wrapped in dynamic loss scaling.
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class MomentumTF(keras.optimizers.Optimizer):
+    """accum = momentum·accum + g;  var −= lr·accum (`tf.compat.v1.train.MomentumOptimizer`)."""
 
-    bfloat16 has float32's exponent range, so `mixed_bfloat16` needs no loss scaling.
+    def __init__(self, learning_rate=0.016, momentum=0.9, name="MomentumTF", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"{name} momentum={momentum}: must be in [0, 1)")
+        self.momentum = float(momentum)
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._accumulators = self.add_optimizer_variables(var_list, "momentum")
+
+    def update_step(self, gradient, variable, learning_rate):
+        accum = self._accumulators[self._get_variable_index(variable)]
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        self.assign(accum, ops.add(ops.multiply(self.momentum, accum), gradient))
+        self.assign_sub(variable, ops.multiply(lr, accum))
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum}
+
+
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class LARS(MomentumTF):
+    """The reference's LARSOptimizer: layer-wise trust ratio, then a TF1 momentum step.
+
+    For variables whose path contains none of `skip_list` (by default BN gamma/beta and every
+    bias): scaled_lr = lr · eeta·‖w‖ / (‖g‖ + wd·‖w‖ + epsilon) (ratio 1 when ‖w‖ or ‖g‖ is 0) and
+    g ← g + wd·w. Skipped variables keep lr and g (no decay). Then accum = m·accum + g·scaled_lr;
+    var −= accum. `lars_weight_decay` is not named `weight_decay`: Keras' own decoupled weight
+    decay would be applied on top.
     """
-    optimizer = RMSpropTF(learning_rate=learning_rate, rho=rho, momentum=momentum,
-                          epsilon=epsilon)
-    if mixed_precision == "mixed_float16":
-        return keras.optimizers.LossScaleOptimizer(optimizer)
-    if mixed_precision not in ("float32", "mixed_bfloat16"):
+
+    def __init__(self, learning_rate=0.016, momentum=0.9, lars_weight_decay=1e-5, eeta=0.001,
+                 epsilon=0.0, skip_list=LARS_SKIP_LIST, name="LARS", **kwargs):
+        super().__init__(learning_rate=learning_rate, momentum=momentum, name=name, **kwargs)
+        if lars_weight_decay < 0:
+            raise ValueError(f"LARS lars_weight_decay={lars_weight_decay}: must be >= 0")
+        self.lars_weight_decay = float(lars_weight_decay)
+        self.eeta = float(eeta)
+        self.epsilon = float(epsilon)
+        self.skip_list = tuple(skip_list)
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        # Decided by Keras path ("block1a/bn/gamma", "predictions/bias"): update_step only sees
+        # the backend variable.
+        self._skipped = [any(s in getattr(v, "path", v.name) for s in self.skip_list)
+                         for v in var_list]
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        if not self._skipped[self._get_variable_index(variable)]:
+            w_norm = ops.sqrt(ops.sum(ops.square(variable)))
+            g_norm = ops.sqrt(ops.sum(ops.square(gradient)))
+            ratio = ops.where(
+                w_norm > 0,
+                ops.where(g_norm > 0, self.eeta * w_norm / (
+                    g_norm + self.lars_weight_decay * w_norm + self.epsilon), 1.0),
+                1.0)
+            lr = lr * ratio
+            gradient = gradient + self.lars_weight_decay * variable
+        super().update_step(gradient * lr, variable, 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "lars_weight_decay": self.lars_weight_decay,
+                "eeta": self.eeta, "epsilon": self.epsilon, "skip_list": list(self.skip_list)}
+
+
+def build_optimizer(learning_rate, *, optimizer="rmsprop", mixed_precision="float32", rho=0.9,
+                    momentum=0.9, epsilon=1e-3, lars_weight_decay=1e-5,
+                    lars_epsilon=0.0) -> keras.optimizers.Optimizer:
+    """The reference's optimizer `optimizer`; under `mixed_float16` wrapped in loss scaling.
+
+    rmsprop (rho, momentum, epsilon), sgd (plain gradient descent), momentum (TF1 rule), lars
+    (momentum, lars_weight_decay, lars_epsilon). bfloat16 has float32's exponent range, so
+    `mixed_bfloat16` needs no loss scaling.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    if mixed_precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
         raise ValueError(f"mixed_precision={mixed_precision!r}: expected 'float32', "
                          "'mixed_float16' or 'mixed_bfloat16' (resolve 'auto' first with "
                          "distribute.resolve_mixed_precision).")
-    return optimizer
+    if optimizer == "rmsprop":
+        opt = RMSpropTF(learning_rate=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon)
+    elif optimizer == "sgd":
+        opt = keras.optimizers.SGD(learning_rate=learning_rate)  # var −= lr·g, as TF1
+    elif optimizer == "momentum":
+        opt = MomentumTF(learning_rate=learning_rate, momentum=momentum)
+    else:
+        opt = LARS(learning_rate=learning_rate, momentum=momentum,
+                   lars_weight_decay=lars_weight_decay, epsilon=lars_epsilon)
+    if mixed_precision == "mixed_float16":
+        return keras.optimizers.LossScaleOptimizer(opt)
+    return opt
