@@ -87,7 +87,8 @@ def write_png(path: str, image) -> str:
 
 
 def cam_for_image_file(model: keras.Model, image_path: str, output_path: str, *,
-                       class_index: int | None = None, reference_bicubic: bool = False) -> dict:
+                       class_index: int | None = None, resize_method: str | None = None,
+                       half_pixel_centers: bool = False) -> dict:
     """CAM of an image file (eval preprocessing at the model's size), written as a PNG overlay.
 
     Returns {"image", "output", "class_index", "probability", "peak": [row, col]} where peak is
@@ -99,7 +100,8 @@ def cam_for_image_file(model: keras.Model, image_path: str, output_path: str, *,
         raise ValueError(f"--output={output_path}: the overlay is written as PNG; use a .png path.")
     size = export.model_image_size(model, None)
     image = preprocess_for_eval(tf.constant(read_image_file(image_path)), size,
-                                reference_bicubic=reference_bicubic)
+                                resize_method=export.eval_resize_method(model, resize_method),
+                                half_pixel_centers=half_pixel_centers)
     cam, index, probability = class_activation_map(model, image, class_index)
     write_png(output_path, overlay(image.numpy(), cam))
     peak = np.unravel_index(int(np.argmax(cam)), cam.shape)

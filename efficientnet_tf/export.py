@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from efficientnet_tf.config import reference_resize_method
 from efficientnet_tf.data.preprocessing import preprocess_for_eval
 from efficientnet_tf.files import write_bytes_atomic
 from efficientnet_tf.layers import ImageNormalization, MBConvBlock, SqueezeExcite
@@ -406,6 +407,11 @@ def _model_name(model) -> str:
     return config.name if config is not None else model.name
 
 
+def eval_resize_method(model, resize_method: str | None = None) -> str:
+    """`resize_method`, or when None the kernel the reference evaluates this model with."""
+    return resize_method or reference_resize_method(_model_name(model))
+
+
 # ---------------------------------------------------------------------------------------------
 # TF Serving SavedModel.
 
@@ -440,7 +446,7 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
     """The object saved as the serving SavedModel; its tf.functions are the signatures."""
 
     def __init__(self, network, *, apply_softmax: bool, image_size: int, top_k: int,
-                 reference_bicubic: bool):
+                 resize_method: str, half_pixel_centers: bool):
         super().__init__()
         if isinstance(network, keras.Model):
             # Only the weights enter the object graph; saving Keras objects is slow and useless.
@@ -452,7 +458,7 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
         self._apply_softmax = apply_softmax
         self._image_size = image_size
         self._top_k = top_k
-        self._reference_bicubic = reference_bicubic
+        self._resize = dict(resize_method=resize_method, half_pixel_centers=half_pixel_centers)
         self.serve_images = tf.function(
             self._serve_images,
             input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
@@ -473,7 +479,7 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
             image_bytes = tf.identity(image_bytes)
         size = self._image_size
         return tf.map_fn(
-            lambda b: preprocess_for_eval(b, size, reference_bicubic=self._reference_bicubic),
+            lambda b: preprocess_for_eval(b, size, **self._resize),
             image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
 
     def _serve_bytes(self, image_bytes):
@@ -482,14 +488,16 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
 
 def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int | None = None,
                        class_names=None, top_k: int = 5, fold_batch_norm: bool = True,
-                       reference_bicubic: bool = False, overwrite: bool = False) -> str:
+                       resize_method: str | None = None, half_pixel_centers: bool = False,
+                       overwrite: bool = False) -> str:
     """Write the TF Serving SavedModel of a classifier from `build_model` (see module docstring).
 
     Signatures: `serving_default` (`image_bytes`) and `serving_images` (`images`), both with
     outputs `probabilities` float32 [batch, classes], `classes` int64 [batch], `top_k_classes`
     int64 [batch, k], `top_k_probabilities` float32 [batch, k]. `fold_batch_norm` serves the
-    folded network (faster on CPU, same output within float32 rounding); `reference_bicubic`
-    resizes as the reference's TF1 eval did. `class_names` go to export_info.json for `predict`.
+    folded network (faster on CPU, same output within float32 rounding). `resize_method` (None:
+    the model's reference kernel) and `half_pixel_centers` are the eval preprocessing's, as in
+    `preprocess_for_eval`. `class_names` go to export_info.json for `predict`.
     """
     _check_destination(export_dir, overwrite)  # before the slow part
     size = model_image_size(model, image_size)
@@ -501,9 +509,11 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
         class_names = [str(c) for c in class_names]
         if len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for a {num_classes}-class model.")
+    resize_method = eval_resize_method(model, resize_method)
     network = fold_model(model, image_size=size) if fold_batch_norm else model
     module = ServingModule(network, apply_softmax=apply_softmax, image_size=size,
-                           top_k=min(top_k, num_classes), reference_bicubic=reference_bicubic)
+                           top_k=min(top_k, num_classes), resize_method=resize_method,
+                           half_pixel_centers=half_pixel_centers)
     info = {
         "format": "efficientnet_tf serving SavedModel",
         "model_name": _model_name(model),
@@ -512,10 +522,11 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
         "class_names": class_names,
         "top_k": min(top_k, num_classes),
         "batch_norm_folded": bool(fold_batch_norm),
-        "reference_bicubic": bool(reference_bicubic),
+        "resize_method": resize_method,
+        "half_pixel_centers": bool(half_pixel_centers),
         "signatures": {
             SERVING_SIGNATURE: f"image_bytes: string [batch], encoded {IMAGE_FORMATS}; eval "
-                               f"preprocessing (center crop, bicubic resize to {size}) inside",
+                               f"preprocessing (center crop, {resize_method} resize to {size}) inside",
             IMAGES_SIGNATURE: f"images: float32 [batch, {size}, {size}, 3] RGB in [0, 255], "
                               "already cropped and resized",
         },

@@ -107,8 +107,8 @@ def _load_serving(saved_model_dir):
 
 
 def predict_images(paths, *, model=None, saved_model_dir=None, image_size=None, top_k: int = 5,
-                   class_names=None, reference_bicubic: bool = False,
-                   batch_size: int = 32) -> dict:
+                   class_names=None, resize_method: str | None = None,
+                   half_pixel_centers: bool = False, batch_size: int = 32) -> dict:
     """{"predictions": [{"image": PATH, "top_k": [{"index", "label", "probability"[, "synset"]}]}]}.
 
     Exactly one of `model` (a Keras classifier from build_model; images get the eval
@@ -130,11 +130,12 @@ def predict_images(paths, *, model=None, saved_model_dir=None, image_size=None, 
         serve = export.ServingModule(
             model, apply_softmax=export.outputs_logits(model), top_k=1,
             image_size=export.model_image_size(model, image_size),
-            reference_bicubic=reference_bicubic).serve_bytes
+            resize_method=export.eval_resize_method(model, resize_method),
+            half_pixel_centers=half_pixel_centers).serve_bytes
     else:
-        if image_size is not None or reference_bicubic:
-            raise ValueError("image_size and reference_bicubic are fixed inside a SavedModel "
-                             "export; do not pass them with saved_model_dir.")
+        if image_size is not None or resize_method is not None or half_pixel_centers:
+            raise ValueError("image_size, resize_method and half_pixel_centers are fixed inside "
+                             "a SavedModel export; do not pass them with saved_model_dir.")
         _, serve = _load_serving(saved_model_dir)
         if class_names is None:
             class_names = (export.read_export_info(saved_model_dir) or {}).get("class_names")

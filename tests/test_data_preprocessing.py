@@ -28,15 +28,35 @@ def test_eval_center_crop_matches_hand_computed_crop(image_format):
     np.testing.assert_array_equal(out, image[14:46, 3:35].astype(np.float32))
 
 
-def test_reference_bicubic_samples_without_half_pixel_offset():
-    # S=32 on 80x75: crop 64 at (8, 6); the TF1 kernel maps output (i, j) to input (2i, 2j)
-    # exactly, so the result is the crop's even pixels, untouched.
+@pytest.mark.parametrize("method", ["bicubic", "bilinear"])
+def test_default_resize_samples_without_half_pixel_offset(method):
+    # S=32 on 80x75: crop 64 at (8, 6); the reference's TF1 kernels map output (i, j) to input
+    # (2i, 2j) exactly, so the result is the crop's even pixels, untouched.
     image = coordinate_image(80, 75)
-    out = pp.preprocess_for_eval(tf.constant(encode(image, "PNG")), 32, reference_bicubic=True)
+    png = tf.constant(encode(image, "PNG"))
+    out = pp.preprocess_for_eval(png, 32, resize_method=method)
     np.testing.assert_array_equal(out.numpy(), image[8:72:2, 6:70:2].astype(np.float32))
     # The TF2 (half-pixel) kernel interpolates between pixels instead.
-    default = pp.preprocess_for_eval(tf.constant(encode(image, "PNG")), 32).numpy()
-    assert np.abs(default - image[8:72:2, 6:70:2]).max() > 1
+    tf2 = pp.preprocess_for_eval(png, 32, resize_method=method, half_pixel_centers=True).numpy()
+    assert np.abs(tf2 - image[8:72:2, 6:70:2]).max() > 1
+
+
+def test_default_resize_is_unclipped_and_half_pixel_centers_clips():
+    # A sharp 0/255 edge: bicubic (Keys a=-0.75) overshoots on both sides, as in the reference.
+    image = np.zeros((30, 30, 3), np.uint8)
+    image[:, 15:] = 255
+    out = pp.resize(tf.constant(image), 23).numpy()
+    assert out.min() < 0 and out.max() > 255
+    clipped = pp.resize(tf.constant(image), 23, half_pixel_centers=True).numpy()
+    assert clipped.min() == 0 and clipped.max() == 255
+
+
+def test_unknown_resize_method_is_refused():
+    image = tf.constant(coordinate_image(40, 40))
+    with pytest.raises(ValueError, match="bicubic, bilinear"):
+        pp.preprocess_for_eval(image, 16, resize_method="area")
+    with pytest.raises(ValueError, match="bicubic, bilinear"):
+        pp.preprocess_for_train(image, 16, tf.constant([0, 1], tf.int64), resize_method="nearest")
 
 
 def test_jpeg_crop_window_decode_equals_full_decode_then_slice():
@@ -47,11 +67,12 @@ def test_jpeg_crop_window_decode_equals_full_decode_then_slice():
     cropped = pp.decode_and_crop(jpeg, lambda shape: pp.center_crop_window(shape, 64)).numpy()
     full = tf.io.decode_jpeg(jpeg, channels=3).numpy()
     np.testing.assert_allclose(cropped, full[6:84, 21:99], atol=2)
-    expected = tf.clip_by_value(tf.image.resize(full[6:84, 21:99], [64, 64], method="bicubic"), 0, 255)
+    expected = tf.raw_ops.ResizeBicubic(images=full[None, 6:84, 21:99], size=[64, 64],
+                                        half_pixel_centers=False)[0]
     np.testing.assert_allclose(pp.preprocess_for_eval(jpeg, 64).numpy(), expected.numpy(), atol=2)
 
 
-def test_train_crop_is_seeded_and_in_range():
+def test_train_crop_is_seeded():
     jpeg = tf.constant(encode(natural_image(120, 160, seed=2), "JPEG"))
     a = pp.preprocess_for_train(jpeg, 48, tf.constant([1, 2], tf.int64))
     b = pp.preprocess_for_train(jpeg, 48, tf.constant([1, 2], tf.int64))
@@ -59,7 +80,52 @@ def test_train_crop_is_seeded_and_in_range():
     assert a.shape == (48, 48, 3) and a.dtype == tf.float32
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert not np.array_equal(a.numpy(), c.numpy())
-    assert 0.0 <= float(tf.reduce_min(a)) and float(tf.reduce_max(a)) <= 255.0
+    tf2 = pp.preprocess_for_train(jpeg, 48, tf.constant([1, 2], tf.int64), half_pixel_centers=True)
+    assert 0.0 <= float(tf.reduce_min(tf2)) and float(tf.reduce_max(tf2)) <= 255.0
+
+
+def test_augment_input_is_clipped_and_truncated_to_uint8():
+    # Sharp edges (the coordinates wrap at 256): the unclipped bicubic overshoots both ways.
+    image = tf.constant(coordinate_image(120, 160))
+    seen = []
+
+    def identity(image, seed):
+        seen.append(image.dtype)
+        return image
+
+    seed = tf.constant([1, 2], tf.int64)
+    plain = pp.preprocess_for_train(image, 48, seed).numpy()
+    assert (plain < 0).any() and (plain > 255).any() and (plain % 1 != 0).any()
+    out = pp.preprocess_for_train(image, 48, seed, augment=identity).numpy()
+    assert seen == [tf.uint8]
+    np.testing.assert_array_equal(out, np.floor(np.clip(plain, 0, 255)))
+
+
+def test_preprocess_image_runs_the_pipeline_functions(monkeypatch):
+    jpeg = tf.constant(encode(natural_image(120, 160, seed=2), "JPEG"))
+    seed = tf.constant([1, 2], tf.int64)
+    np.testing.assert_array_equal(pp.preprocess_image(jpeg, image_size=48).numpy(),
+                                  pp.preprocess_for_eval(jpeg, 48).numpy())
+    np.testing.assert_array_equal(
+        pp.preprocess_image(jpeg, True, 48, "bilinear", seed=seed).numpy(),
+        pp.preprocess_for_train(jpeg, 48, seed, resize_method="bilinear").numpy())
+    assert pp.preprocess_image(jpeg, is_training=True, image_size=48).shape == (48, 48, 3)
+
+    made = []
+
+    class FakeAugmenter:
+        def __init__(self, name, *, num_layers, magnitude):
+            made.append((name, num_layers, magnitude))
+
+        def __call__(self, image, seed):
+            return 255 - image
+
+    monkeypatch.setattr(pp, "ImageAugmenter", FakeAugmenter)
+    out = pp.preprocess_image(jpeg, True, 48, augment_name="randaugment", seed=seed).numpy()
+    plain = pp.preprocess_for_train(jpeg, 48, seed).numpy()
+    np.testing.assert_array_equal(out, 255 - np.floor(np.clip(plain, 0, 255)))
+    pp.preprocess_image(jpeg, True, 48, None, "autoaugment", 3, 15, seed=seed)
+    assert made == [("randaugment", 2, 10), ("autoaugment", 3, 15)]
 
 
 def test_random_crop_window_follows_the_inception_constraints():
@@ -74,11 +140,22 @@ def test_random_crop_window_follows_the_inception_constraints():
     assert areas and min(areas) >= 0.08 * 0.95 and len(set(areas)) > 10
 
 
-def test_train_falls_back_to_the_center_crop_when_sampling_fails():
+@pytest.mark.parametrize("method", ["bicubic", "bilinear"])
+def test_train_falls_back_to_the_bicubic_center_crop_when_sampling_fails(method):
     # A 4x400 strip has no window with aspect in [3/4, 4/3] covering >= 8% of it.
     image = tf.constant(coordinate_image(4, 400))
     window = pp.random_crop_window(tf.shape(image), 16, tf.constant([0, 1]))
     assert window.numpy().tolist() == pp.center_crop_window(tf.shape(image), 16).numpy().tolist()
-    out = pp.preprocess_for_train(image, 16, tf.constant([0, 1], tf.int64)).numpy()
-    center = pp.preprocess_for_eval(image, 16).numpy()
-    assert np.array_equal(out, center) or np.array_equal(out, center[:, ::-1])
+    out = pp.preprocess_for_train(image, 16, tf.constant([0, 1], tf.int64), resize_method=method)
+    center = pp.preprocess_for_eval(image, 16).numpy()  # bicubic, as the reference's fallback
+    assert np.array_equal(out.numpy(), center) or np.array_equal(out.numpy(), center[:, ::-1])
+
+
+def test_fallback_needs_three_matching_dimensions():
+    sampled = tf.constant([0, 0, 300, 400])
+    assert pp.train_crop_window(tf.constant([300, 400, 3]), 224, sampled)[1]
+    # A grayscale JPEG's header says 1 channel: the reference keeps the whole image.
+    window, fallback = pp.train_crop_window(tf.constant([300, 400, 1]), 224, sampled)
+    assert not fallback and window.numpy().tolist() == [0, 0, 300, 400]
+    smaller = tf.constant([0, 0, 300, 399])
+    assert not pp.train_crop_window(tf.constant([300, 400, 3]), 224, smaller)[1]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from efficientnet_tf.config import ConfigMixin
+from efficientnet_tf.config import RESIZE_METHODS, ConfigMixin
 
 # Sources whose data comes from TFDS builders (name in this project -> TFDS builder name).
 TFDS_BUILDERS = {
@@ -25,6 +25,7 @@ PREPARE_DATASETS = ("stanford_cars", "fgvc_aircraft", "birdsnap", "folder")
 DATASETS = ("imagenet", "cifar10", "cifar100", "oxford_flowers102", "oxford_iiit_pet", "food101",
             "stanford_cars", "fgvc_aircraft", "birdsnap", "folder", "synthetic")
 AUGMENT_NAMES = ("autoaugment", "randaugment")
+AUGMENT_OPS = ("reference", "pil")
 MAX_RANDAUG_MAGNITUDE = 30.0
 
 
@@ -37,8 +38,14 @@ class DataConfig(ConfigMixin):
     holdout_shards: hold out the first N `train-*` shards as the eval split ("minival").
     cache: cache encoded records in memory; None = only for the small datasets in
       `sources.CACHE_BY_DEFAULT` (read from TFDS or TFRecords).
-    reference_bicubic: resize with the TF1 bicubic kernel of the reference (for evaluating the
-      official checkpoints exactly as they were evaluated).
+    resize_method: "bicubic" (the reference's for B-series) or "bilinear" (its choice for Lite
+      and EdgeTPU); `config.reference_resize_method(model_name)` gives the model's.
+    half_pixel_centers: False (the reference, and what the official checkpoints saw) resizes
+      with the TF1 kernels and keeps the bicubic overshoot outside [0, 255]; True uses TF2's
+      half-pixel kernels and clips.
+    augment_ops: "reference" applies the AutoAugment/RandAugment ops exactly as the reference
+      (Solarize's uint8 wrap, Posterize's bit count, Contrast's histogram mean included);
+      "pil" follows PIL's definitions for those three instead.
     num_classes: overrides the dataset's class count (required for TFRecords without metadata
       in the `folder` dataset); for `synthetic`, the number of classes generated (default 10).
     seed: seeds synthetic data and, with `deterministic`, every shuffle and augmentation.
@@ -54,7 +61,9 @@ class DataConfig(ConfigMixin):
     randaug_magnitude: float = 10.0
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
-    reference_bicubic: bool = False
+    augment_ops: str = "reference"
+    resize_method: str = "bicubic"
+    half_pixel_centers: bool = False
     deterministic: bool = False
     seed: int = 0
     cache: bool | None = None
@@ -101,6 +110,12 @@ class DataConfig(ConfigMixin):
               "randaug_num_layers", "must be an integer >= 1")
         check(0.0 <= self.randaug_magnitude <= MAX_RANDAUG_MAGNITUDE, "randaug_magnitude",
               f"must be in [0, {MAX_RANDAUG_MAGNITUDE:g}] (the reference uses 10, 17 for B5, 28 for B7)")
+        check(self.augment_ops in AUGMENT_OPS, "augment_ops",
+              f"must be one of {', '.join(AUGMENT_OPS)}")
+        check(self.resize_method in RESIZE_METHODS, "resize_method",
+              f"must be one of {', '.join(RESIZE_METHODS)}")
+        check(isinstance(self.half_pixel_centers, bool), "half_pixel_centers",
+              "must be True or False")
         check(self.mixup_alpha >= 0.0, "mixup_alpha", "must be >= 0 (0 disables mixup)")
         check(self.cutmix_alpha >= 0.0, "cutmix_alpha", "must be >= 0 (0 disables cutmix)")
         check(self.cache is None or isinstance(self.cache, bool), "cache", "must be True, False or None")

@@ -187,14 +187,14 @@ def build_dataset(config: DataConfig, split: str, global_batch_size: int, *, ima
 
 def _train_examples(config, source, split, options, image_size, skip_counter):
     augment = (ImageAugmenter(config.augment_name, num_layers=config.randaug_num_layers,
-                              magnitude=config.randaug_magnitude)
+                              magnitude=config.randaug_magnitude, ops=config.augment_ops)
                if config.augment_name else None)
 
     def process(payload, seed):
         image, label = source.decode(payload)
         return preprocessing.preprocess_for_train(
-            image, image_size, seed, reference_bicubic=config.reference_bicubic,
-            augment=augment), label
+            image, image_size, seed, resize_method=config.resize_method,
+            half_pixel_centers=config.half_pixel_centers, augment=augment), label
 
     def count(wheres):
         return tf.cond(tf.size(wheres) > 0,
@@ -221,7 +221,8 @@ def _eval_examples(config, source, split, options, image_size, global_batch_size
         del seed
         image, label = source.decode(payload)
         return preprocessing.preprocess_for_eval(
-            image, image_size, reference_bicubic=config.reference_bicubic), label
+            image, image_size, resize_method=config.resize_method,
+            half_pixel_centers=config.half_pixel_centers), label
 
     def refuse(wheres):
         return tf.debugging.Assert(tf.equal(tf.size(wheres), 0), [
