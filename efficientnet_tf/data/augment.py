@@ -1,26 +1,39 @@
-"""AutoAugment (policy v0), RandAugment, mixup and cutmix, as in the reference implementation.
+"""AutoAugment (policy v0), RandAugment and mixup exactly as the reference computes them; cutmix.
 
-Image ops work on one uint8 [H, W, 3] image with the reference's semantics: a fixed magnitude
-level in [0, 10] (RandAugment may go higher) mapped to each op's argument, geometric ops with
-nearest interpolation and gray (128) fill, translations and cutout sizes in absolute pixels.
-Keras 3 is used where it implements the same operation: `keras.layers.Equalization`,
-`keras.layers.AutoContrast`, `keras.ops.image.affine_transform` (rotate, shear, translate) and
-`keras.layers.MixUp`. Written here: Keras' RandAugment samples its magnitudes, has 11 different
-ops and bilinear fill; its photometric layers draw their factors at random within bounds that
-exclude the reference's fixed factors (e.g. 1.9); its Solarization adds before thresholding (not
-SolarizeAdd); its RandomSharpness zero-pads the border; cutmix: see `LabelMixer`.
-Deliberate departures from the reference (bugs, not recipe):
-- Contrast blends towards the mean gray level; the reference used pixel count / 256.
-- Posterize keeps 8 - int(level/10*4) bits, clamped to [1, 8]: 4 bits at the default magnitude 10
-  as in the reference, but never the reference's 0 bits (an all-black image, at level < 2.5) nor
-  its negative shifts (level > 20).
+The reference is tensorflow/tpu's EfficientNet (`autoaugment.py`, `imagenet_input.py`); its
+augmentation trained the published checkpoints, so by default (`ops="reference"`) every op
+reproduces its numbers bit for bit on uint8 [H, W, 3] images, quirks included (checked against
+the reference's own outputs in tests/test_golden_augment.py):
+- level -> argument as the reference's python `level_to_arg` (float64, `int()` truncation);
+- blend: float32 `image1 + factor * (image2 - image1)`, clipped, truncated to uint8;
+- Solarize compares against the threshold converted to uint8, which wraps: threshold 256
+  (level 10) becomes 0 and inverts the whole image;
+- Posterize shifts by 8 - int(level/10*4) as uint8; TF clamps shifts to 7, so 0 bits (level < 2.5)
+  keeps x & 0x80;
+- Contrast blends towards the constant pixel_count / 256 (the histogram's sum / 256), not the mean;
+- Color uses `rgb_to_grayscale` (truncating `convert_image_dtype`); Equalize and AutoContrast are
+  the reference's histogram / min-max algorithms;
+- Rotate/Shear/Translate: TF1 contrib `transform` semantics (output -> input map built in
+  float32, nearest, 0 outside) on the image plus an all-ones 4th channel, pixels whose 4th
+  channel reads 0 filled with 128 (the reference's wrap/unwrap);
+- Cutout: a 128 square [c - pad, c + pad) clipped to the image, centre uniform over the image.
+`ops="pil"` keeps this project's earlier fixes, which follow PIL's semantics (the reference's
+docstrings claim PIL equivalence) and differ from the reference in three ops only:
+- Posterize keeps 8 - int(level/10*4) bits clamped to [1, 8] (the reference keeps int(level/10*4):
+  both 4 at level 10, but fewer bits at lower levels, down to x & 0x80 below level 2.5);
+- Solarize compares in int32 (threshold 256 leaves the image unchanged);
+- Contrast blends towards the mean gray level.
+The policies draw their random choices statelessly from a seed, so pipelines are deterministic;
+the distributions are the reference's.
 """
 from __future__ import annotations
+
+import math
 
 import keras
 import tensorflow as tf
 
-from efficientnet_tf.data.config import AUGMENT_NAMES
+from efficientnet_tf.data.config import AUGMENT_NAMES, AUGMENT_OPS
 
 MAX_LEVEL = 10.0
 FILL_VALUE = 128
@@ -53,19 +66,56 @@ POLICY_V0 = (
     (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)),
     (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
 )
+# The reference's RandAugment op list; its order numbers the ops in both policies here.
 RANDAUGMENT_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize",
                    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY",
                    "TranslateX", "TranslateY", "Cutout", "SolarizeAdd")
-# Absolute pixel constants of the reference: (cutout half-size, translation) at level 10.
-AUTOAUGMENT_CONSTS = (100, 250)
-RANDAUGMENT_CONSTS = (40, 100)
+# The reference's hparams per policy: (cutout_const, translate_const), in pixels at level 10.
+HPARAMS = {"autoaugment": (100, 250), "randaugment": (40, 100)}
+
+
+def _check_ops(ops):
+    if ops not in AUGMENT_OPS:
+        raise ValueError(f"augment ops={ops!r}: must be one of {', '.join(AUGMENT_OPS)}")
 
 
 def blend(image1, image2, factor):
-    """image1 + factor * (image2 - image1), clipped: factor > 1 extrapolates past image2."""
+    """image1 + factor * (image2 - image1) in float32, clipped, truncated to uint8.
+
+    The reference branches in python: an input unchanged at factor 0 or 1, no clip for
+    0 < factor < 1. On integer pixels this expression gives exactly those numbers (factor 0 or 1
+    reproduces an input exactly in float32; an interpolation never leaves [0, 255]), so it
+    serves tensor factors without a branch.
+    """
     image1 = tf.cast(image1, tf.float32)
     mixed = image1 + factor * (tf.cast(image2, tf.float32) - image1)
     return tf.cast(tf.clip_by_value(mixed, 0.0, 255.0), tf.uint8)
+
+
+def autocontrast(image):
+    """Each channel stretched to [0, 255] in float32, clipped, truncated; flat channels kept."""
+    pixels = tf.cast(image, tf.float32)
+    lo = tf.reduce_min(pixels, axis=[0, 1])
+    hi = tf.reduce_max(pixels, axis=[0, 1])
+    scale = 255.0 / tf.maximum(hi - lo, 1.0)  # hi - lo >= 1 wherever the result is used
+    stretched = tf.cast(tf.clip_by_value(pixels * scale + -lo * scale, 0.0, 255.0), tf.uint8)
+    return tf.where(hi > lo, stretched, image)
+
+
+def equalize(image):
+    """PIL's equalize as the reference writes it, per channel: a lookup table from the
+    cumulative histogram in steps of (pixels - count of the last non-empty bin) // 255;
+    a channel whose step is 0 is kept."""
+    channels = []
+    for c in range(3):
+        values = tf.cast(image[:, :, c], tf.int32)
+        histo = tf.histogram_fixed_width(values, [0, 255], nbins=256)
+        # Bins are pixel values, so the last non-empty bin is the maximum's.
+        step = (tf.reduce_sum(histo) - tf.gather(histo, tf.reduce_max(values))) // 255
+        lut = (tf.cumsum(histo) + step // 2) // tf.maximum(step, 1)
+        lut = tf.clip_by_value(tf.concat([[0], lut[:-1]], 0), 0, 255)
+        channels.append(tf.where(step > 0, tf.gather(lut, values), values))
+    return tf.cast(tf.stack(channels, -1), tf.uint8)
 
 
 def invert(image):
@@ -73,17 +123,26 @@ def invert(image):
 
 
 def posterize(image, bits):
-    shift = tf.cast(8 - bits, image.dtype)
+    """Keep the top `bits` bits. The shift 8 - bits is converted to uint8 (wrapping, as TF1 built
+    the reference's python int) and TF clamps shifts to 7: bits 0 keeps x & 0x80."""
+    shift = tf.cast(8 - bits, tf.uint8)
     return tf.bitwise.left_shift(tf.bitwise.right_shift(image, shift), shift)
 
 
 def solarize(image, threshold):
+    """Invert pixels >= threshold, the threshold converted to uint8 (256 wraps to 0) as the
+    reference's `image < threshold` does."""
+    return tf.where(image < tf.cast(threshold, tf.uint8), image, 255 - image)
+
+
+def solarize_pil(image, threshold):
+    """Solarize compared in int32, as PIL: a threshold of 256 leaves the image unchanged."""
     return tf.where(tf.cast(image, tf.int32) < threshold, image, 255 - image)
 
 
 def solarize_add(image, addition, threshold=128):
     added = tf.cast(tf.clip_by_value(tf.cast(image, tf.int32) + addition, 0, 255), tf.uint8)
-    return tf.where(tf.cast(image, tf.int32) < threshold, added, image)
+    return tf.where(image < threshold, added, image)
 
 
 def color(image, factor):
@@ -92,6 +151,15 @@ def color(image, factor):
 
 
 def contrast(image, factor):
+    """Blend with a constant gray image of value pixel_count / 256 (clipped, truncated): the
+    reference divides its histogram's sum (not the weighted sum) by 256."""
+    pixels = tf.cast(tf.shape(image)[0] * tf.shape(image)[1], tf.float32)
+    gray = tf.cast(tf.clip_by_value(pixels / 256.0, 0.0, 255.0), tf.uint8)
+    return blend(tf.fill(tf.shape(image), gray), image, factor)
+
+
+def contrast_pil(image, factor):
+    """Blend with a constant image of the mean gray level (truncated), as PIL."""
     mean = tf.reduce_mean(tf.cast(tf.image.rgb_to_grayscale(image), tf.float32))
     return blend(tf.fill(tf.shape(image), tf.cast(mean, tf.uint8)), image, factor)
 
@@ -101,130 +169,173 @@ def brightness(image, factor):
 
 
 def sharpness(image, factor):
-    """Blend with a 3x3 smoothed copy; border pixels keep their original value."""
+    """Blend with PIL's 3x3 smoothing of the image; border pixels keep their original value.
+    On the CPU, as the reference: the truncation makes results kernel-sensitive."""
     kernel = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
     kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-    smooth = tf.nn.depthwise_conv2d(tf.cast(image, tf.float32)[None], kernel, [1, 1, 1, 1],
-                                    padding="VALID")[0]
+    with tf.device("/cpu:0"):
+        smooth = tf.nn.depthwise_conv2d(tf.cast(image, tf.float32)[None], kernel, [1, 1, 1, 1],
+                                        padding="VALID")[0]
     smooth = tf.cast(tf.clip_by_value(smooth, 0.0, 255.0), tf.uint8)
     inner = tf.pad(tf.ones_like(smooth, tf.bool), [[1, 1], [1, 1], [0, 0]])
     degenerate = tf.where(inner, tf.pad(smooth, [[1, 1], [1, 1], [0, 0]]), image)
     return blend(degenerate, image, factor)
 
 
-def cutout(image, half_size, seed):
-    """Gray square of side up to 2*half_size at a uniformly random center (clipped to the image)."""
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    center = tf.random.stateless_uniform([2], seed, minval=0, maxval=tf.int32.max, dtype=tf.int32)
-    cy, cx = center[0] % height, center[1] % width
-    rows = tf.range(height)[:, None]
-    cols = tf.range(width)[None, :]
-    inside = ((rows >= cy - half_size) & (rows < cy + half_size)
-              & (cols >= cx - half_size) & (cols < cx + half_size))
+def cutout(image, pad_size, center):
+    """Gray square [c - pad_size, c + pad_size) around center (row, col), clipped to the image."""
+    rows = tf.range(tf.shape(image)[0])[:, None]
+    cols = tf.range(tf.shape(image)[1])[None, :]
+    inside = ((rows >= center[0] - pad_size) & (rows < center[0] + pad_size)
+              & (cols >= center[1] - pad_size) & (cols < center[1] + pad_size))
     return tf.where(inside[..., None], tf.constant(FILL_VALUE, tf.uint8), image)
 
 
-def _affine(image, transform):
-    """Projective transform [a0, a1, a2, b0, b1, b2, 0, 0] (output -> input), gray fill."""
-    out = keras.ops.image.affine_transform(
-        tf.cast(image, tf.float32), tf.cast(tf.stack(transform), tf.float32),
-        interpolation="nearest", fill_mode="constant", fill_value=FILL_VALUE,
-        data_format="channels_last")
-    return tf.cast(out, tf.uint8)
+def transform(image, matrix):
+    """TF1 contrib `image.transform`: output pixel (x, y) reads the input at the projective map
+    [a0, a1, a2, b0, b1, b2, c0, c1] of (x, y), nearest, 0 outside; applied to the image plus an
+    all-ones channel, pixels where that channel reads 0 get 128 (the reference's wrap/unwrap)."""
+    wrapped = tf.concat([image, tf.ones_like(image[:, :, :1])], -1)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=wrapped[None], transforms=tf.stack(matrix)[None],
+        output_shape=tf.shape(image)[:2], fill_value=0.0, interpolation="NEAREST",
+        fill_mode="CONSTANT")[0]
+    return tf.where(out[:, :, 3:] == 0, tf.constant(FILL_VALUE, tf.uint8), out[:, :, :3])
 
 
 def rotate(image, degrees):
+    """Rotation about the image centre (contrib `angles_to_projective_transforms`, float32)."""
+    radians = degrees * tf.constant(math.pi / 180.0, tf.float32)
     height = tf.cast(tf.shape(image)[0], tf.float32)
     width = tf.cast(tf.shape(image)[1], tf.float32)
-    radians = degrees * (3.141592653589793 / 180.0)
     cos, sin = tf.cos(radians), tf.sin(radians)
     x_offset = ((width - 1) - (cos * (width - 1) - sin * (height - 1))) / 2.0
     y_offset = ((height - 1) - (sin * (width - 1) + cos * (height - 1))) / 2.0
-    return _affine(image, [cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0])
+    return transform(image, [cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0])
 
 
 def shear_x(image, level):
-    return _affine(image, [1.0, level, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    return transform(image, [1.0, level, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
 
 
 def shear_y(image, level):
-    return _affine(image, [1.0, 0.0, 0.0, level, 1.0, 0.0, 0.0, 0.0])
+    return transform(image, [1.0, 0.0, 0.0, level, 1.0, 0.0, 0.0, 0.0])
 
 
 def translate_x(image, pixels):
-    return _affine(image, [1.0, 0.0, pixels, 0.0, 1.0, 0.0, 0.0, 0.0])
+    """The reference's contrib translate(image, [-pixels, 0]): the map x -> x + pixels."""
+    return transform(image, [1.0, 0.0, pixels, 0.0, 1.0, 0.0, 0.0, 0.0])
 
 
 def translate_y(image, pixels):
-    return _affine(image, [1.0, 0.0, 0.0, 0.0, 1.0, pixels, 0.0, 0.0])
+    return transform(image, [1.0, 0.0, 0.0, 0.0, 1.0, pixels, 0.0, 0.0])
+
+
+def _random_center(image, seed):
+    """Uniform (row, col): stateless from `seed`, or the global generator (as the reference)."""
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    if seed is None:
+        return (tf.random.uniform([], 0, height, tf.int32),
+                tf.random.uniform([], 0, width, tf.int32))
+    row_seed, col_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    return (tf.random.stateless_uniform([], row_seed, 0, height, tf.int32),
+            tf.random.stateless_uniform([], col_seed, 0, width, tf.int32))
+
+
+def augment_op(image, name, level, *, hparams="autoaugment", negate=False, cutout_center=None,
+               seed=None, ops="reference"):
+    """The reference's NAME_TO_FUNC[name] on a uint8 [H, W, 3] image at policy level `level`.
+
+    level: python number or scalar tensor; mapped to the op's argument in float64 as the
+      reference's python `level_to_arg` (then float32, or int32 truncated as `int()`).
+    hparams: "autoaugment" or "randaugment", the policy's (cutout, translate) constants.
+    negate: bool or bool tensor, negates the argument of Rotate/ShearX/ShearY/Translate*.
+    cutout_center: (row, col) for Cutout; None draws it uniformly (statelessly from `seed`, an
+      int64 [2] tensor, when given). ops: "reference" or "pil" (see the module docstring).
+    """
+    _check_ops(ops)
+    if hparams not in HPARAMS:
+        raise ValueError(f"augment_op({name!r}): hparams={hparams!r} must be one of "
+                         f"{', '.join(HPARAMS)}")
+    if name not in RANDAUGMENT_OPS:
+        raise ValueError(f"Unknown augmentation op {name!r}: must be one of "
+                         f"{', '.join(RANDAUGMENT_OPS)}")
+    cutout_const, translate_const = HPARAMS[hparams]
+    image = tf.convert_to_tensor(image, tf.uint8)
+    fraction = tf.cast(level, tf.float64) / MAX_LEVEL
+
+    def scaled(scale, dtype=tf.float32):  # (level / 10) * scale, as float32 or int()
+        return tf.cast(fraction * scale, dtype)
+
+    def signed(scale):
+        value = scaled(scale)
+        return tf.where(negate, -value, value)
+
+    enhance = tf.cast(fraction * 1.8 + 0.1, tf.float32)
+    if name == "AutoContrast":
+        return autocontrast(image)
+    if name == "Equalize":
+        return equalize(image)
+    if name == "Invert":
+        return invert(image)
+    if name == "Rotate":
+        return rotate(image, signed(30.0))
+    if name == "Posterize":
+        bits = scaled(4, tf.int32)
+        return posterize(image, bits if ops == "reference" else tf.clip_by_value(8 - bits, 1, 8))
+    if name == "Solarize":
+        return (solarize if ops == "reference" else solarize_pil)(image, scaled(256, tf.int32))
+    if name == "SolarizeAdd":
+        return solarize_add(image, scaled(110, tf.int32))
+    if name == "Color":
+        return color(image, enhance)
+    if name == "Contrast":
+        return (contrast if ops == "reference" else contrast_pil)(image, enhance)
+    if name == "Brightness":
+        return brightness(image, enhance)
+    if name == "Sharpness":
+        return sharpness(image, enhance)
+    if name == "ShearX":
+        return shear_x(image, signed(0.3))
+    if name == "ShearY":
+        return shear_y(image, signed(0.3))
+    if name == "TranslateX":
+        return translate_x(image, signed(float(translate_const)))
+    if name == "TranslateY":
+        return translate_y(image, signed(float(translate_const)))
+    center = _random_center(image, seed) if cutout_center is None else cutout_center
+    return cutout(image, scaled(cutout_const, tf.int32), center)
 
 
 class ImageAugmenter:
-    """AutoAugment policy v0 or RandAugment; call as `augmenter(uint8 image, seed) -> uint8 image`."""
+    """AutoAugment policy v0 or RandAugment; call as `augmenter(uint8 image, seed) -> uint8 image`.
 
-    def __init__(self, name: str, *, num_layers: int = 2, magnitude: float = 10.0):
+    `seed` (int64 [2]) drives every random choice statelessly (the reference used stateful ops;
+    the distributions are the same). ops: "reference" (default) or "pil", see the module docstring.
+    """
+
+    def __init__(self, name: str, *, num_layers: int = 2, magnitude: float = 10.0,
+                 ops: str = "reference"):
         if name not in AUGMENT_NAMES:
             raise ValueError(f"augment_name={name!r}: must be one of {', '.join(AUGMENT_NAMES)}")
+        _check_ops(ops)
         self.name = name
         self.num_layers = num_layers
         self.magnitude = float(magnitude)
-        self.cutout_const, self.translate_const = (
-            AUTOAUGMENT_CONSTS if name == "autoaugment" else RANDAUGMENT_CONSTS)
-        self._equalize = keras.layers.Equalization(value_range=(0, 255))
-        self._auto_contrast = keras.layers.AutoContrast(value_range=(0, 255))
+        self.ops = ops
 
     def __call__(self, image, seed):
         if self.name == "autoaugment":
             return self._autoaugment(image, seed)
         return self._randaugment(image, seed)
 
-    def _keras_layer(self, layer, image):
-        return tf.cast(tf.round(layer(tf.cast(image, tf.float32))), tf.uint8)
-
     def apply_op(self, name: str, image, level, seed):
-        """One op at magnitude `level` (a float or scalar tensor); `seed` draws the random sign
-        and the cutout position. Integer arguments truncate, as the reference's int()."""
+        """`augment_op` with this policy's hparams and ops; `seed` draws the sign of the signed
+        ops (negative with probability 1/2) and the cutout centre."""
         sign_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-        sign = tf.where(tf.random.stateless_uniform([], sign_seed) < 0.5, -1.0, 1.0)
-        fraction = tf.cast(level, tf.float32) / MAX_LEVEL
-        enhance = fraction * 1.8 + 0.1
-
-        def scaled_int(scale):
-            return tf.cast(tf.floor(fraction * scale), tf.int32)
-
-        if name == "AutoContrast":
-            return self._keras_layer(self._auto_contrast, image)
-        if name == "Equalize":
-            return self._keras_layer(self._equalize, image)
-        if name == "Invert":
-            return invert(image)
-        if name == "Rotate":
-            return rotate(image, sign * fraction * 30.0)
-        if name == "Posterize":
-            return posterize(image, tf.clip_by_value(8 - scaled_int(4), 1, 8))
-        if name == "Solarize":
-            return solarize(image, scaled_int(256))
-        if name == "SolarizeAdd":
-            return solarize_add(image, scaled_int(110))
-        if name == "Color":
-            return color(image, enhance)
-        if name == "Contrast":
-            return contrast(image, enhance)
-        if name == "Brightness":
-            return brightness(image, enhance)
-        if name == "Sharpness":
-            return sharpness(image, enhance)
-        if name == "ShearX":
-            return shear_x(image, sign * fraction * 0.3)
-        if name == "ShearY":
-            return shear_y(image, sign * fraction * 0.3)
-        if name == "TranslateX":
-            return translate_x(image, sign * fraction * self.translate_const)
-        if name == "TranslateY":
-            return translate_y(image, sign * fraction * self.translate_const)
-        if name == "Cutout":
-            return cutout(image, scaled_int(self.cutout_const), op_seed)
-        raise ValueError(f"Unknown augmentation op {name!r}")
+        negate = tf.random.stateless_uniform([], sign_seed) < 0.5
+        return augment_op(image, name, level, hparams=self.name, negate=negate, seed=op_seed,
+                          ops=self.ops)
 
     def _apply_selected(self, index, image, level, seed):
         """The op RANDAUGMENT_OPS[index]: one graph branch per op, whatever the policy."""
@@ -246,7 +357,7 @@ class ImageAugmenter:
         return image
 
     def _randaugment(self, image, seed):
-        """num_layers ops, each chosen uniformly and applied at the fixed magnitude."""
+        """num_layers ops, each chosen uniformly and always applied at the fixed magnitude."""
         seeds = tf.random.experimental.stateless_split(seed, num=2 * self.num_layers)
         for layer in range(self.num_layers):
             index = tf.random.stateless_uniform([], seeds[2 * layer], 0, len(RANDAUGMENT_OPS),
@@ -255,27 +366,43 @@ class ImageAugmenter:
         return image
 
 
+def mixup(images, labels, alpha, *, beta_sample=None, seed=None):
+    """The reference's mixup of a (per-replica) batch with the same batch reversed.
+
+    w = max(s, 1 - s) for s ~ Beta(alpha, alpha) of shape [B, 1] (`beta_sample` if given, else
+    drawn with `seed`: an int, a `keras.random.SeedGenerator` or None); images and labels become
+    x * w + x[::-1] * (1 - w). Not clipped, as the reference.
+    """
+    if beta_sample is None:
+        beta_sample = keras.random.beta((tf.shape(images)[0], 1), alpha, alpha, seed=seed)
+    weight = tf.maximum(beta_sample, 1.0 - beta_sample)
+    image_weight = tf.reshape(tf.cast(weight, images.dtype), [-1, 1, 1, 1])
+    label_weight = tf.cast(weight, labels.dtype)
+    return (images * image_weight + images[::-1] * (1.0 - image_weight),
+            labels * label_weight + labels[::-1] * (1.0 - label_weight))
+
+
 class LabelMixer:
     """Batch-level mixup and/or cutmix on (float images [B, S, S, 3], one-hot labels [B, K]).
 
-    Mixup is `keras.layers.MixUp` (per-example Beta(alpha, alpha) weights, a shuffled partner).
-    Cutmix is written here: `keras.layers.CutMix` weights the labels by the continuous box area
-    while pasting whole pixels, so its labels disagree with its pixels (by ~10% at 16 px); here
-    the label weight is the pasted pixel fraction, as in the CutMix paper (box centered uniformly,
-    side sqrt(1 - lambda) of the image, clipped at the border). With both alphas set, each batch
-    gets one of the two, chosen with probability 1/2.
+    Mixup is the reference's (`mixup`). Cutmix (not in the reference) is written here:
+    `keras.layers.CutMix` weights the labels by the continuous box area while pasting whole
+    pixels, so its labels disagree with its pixels (by ~10% at 16 px); here the label weight is
+    the pasted pixel fraction, as in the CutMix paper (box centered uniformly, side
+    sqrt(1 - lambda) of the image, clipped at the border). With both alphas set, each batch gets
+    one of the two, chosen with probability 1/2. Draws come from one seed generator: a given
+    seed gives the same sequence of batches when mapped sequentially.
     """
 
     def __init__(self, mixup_alpha: float, cutmix_alpha: float, seed: int | None = None):
         if mixup_alpha <= 0 and cutmix_alpha <= 0:
             raise ValueError("LabelMixer needs mixup_alpha > 0 or cutmix_alpha > 0")
-        self._mixup = keras.layers.MixUp(alpha=mixup_alpha, seed=seed) if mixup_alpha > 0 else None
+        self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
         self._generator = keras.random.SeedGenerator(seed)
 
     def mixup(self, images, labels):
-        out = self._mixup({"images": images, "labels": labels})
-        return tf.clip_by_value(out["images"], 0.0, 255.0), out["labels"]  # float rounding
+        return mixup(images, labels, self.mixup_alpha, seed=self._generator)
 
     def cutmix(self, images, labels):
         shape = tf.shape(images)
@@ -303,7 +430,7 @@ class LabelMixer:
     def __call__(self, images, labels):
         if self.cutmix_alpha <= 0:
             return self.mixup(images, labels)
-        if self._mixup is None:
+        if self.mixup_alpha <= 0:
             return self.cutmix(images, labels)
         use_mixup = keras.random.uniform((), seed=self._generator) < 0.5
         return tf.cond(use_mixup, lambda: self.mixup(images, labels),
