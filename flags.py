@@ -33,9 +33,14 @@ def define_flags():
     flags.DEFINE_float("dropout_rate", None, "Override the model's head dropout.")
     flags.DEFINE_float("survival_prob", None, "Stochastic-depth survival of the last block.")
     flags.DEFINE_integer("num_classes", None, "Number of classes (default: the dataset's, or 1000).")
+    flags.DEFINE_bool("advprop_preprocessing", False, "Scale inputs to [-1, 1] (x * 2/255 - 1) "
+                      "instead of the mean/std normalization: what AdvProp checkpoints expect.")
+    flags.DEFINE_string("bn_group_size", None, "Replicas that share batch-norm statistics in "
+                        "training. Default: the reference's rule (per replica up to 8 replicas, "
+                        "groups of max(8, n/8) above); 'all' or 0: every replica; 1: per replica.")
 
     # Data (efficientnet_tf/data, SPEC 3-4).
-    from efficientnet_tf.data.config import AUGMENT_NAMES, DATASETS, DataConfig
+    from efficientnet_tf.data.config import AUGMENT_NAMES, AUGMENT_OPS, DATASETS, DataConfig
 
     data_defaults = DataConfig()
     flags.DEFINE_enum("dataset", None, DATASETS, "Input source (see README). Default: imagenet "
@@ -53,8 +58,16 @@ def define_flags():
                        "RandAugment magnitude (reference: 10; 17 for B5, 28 for B7).")
     flags.DEFINE_float("mixup_alpha", 0.0, "Mixup Beta(alpha, alpha); 0 disables.")
     flags.DEFINE_float("cutmix_alpha", 0.0, "CutMix alpha; 0 disables.")
-    flags.DEFINE_bool("reference_bicubic", False, "Resize with the TF1 bicubic kernel the official "
-                      "checkpoints were evaluated with.")
+    flags.DEFINE_enum("augment_ops", data_defaults.augment_ops, AUGMENT_OPS, "reference: the "
+                      "AutoAugment/RandAugment ops exactly as the reference (Solarize's uint8 "
+                      "wrap, Posterize's bit count, Contrast's mean); pil: PIL's definitions of "
+                      "those three.")
+    flags.DEFINE_enum("resize_method", None, cfg.RESIZE_METHODS, "Resize kernel of the train/eval "
+                      "preprocessing. Default: the reference's for the model (bilinear for Lite "
+                      "and EdgeTPU, bicubic otherwise).")
+    flags.DEFINE_bool("half_pixel_centers", False, "Resize with TF2's half-pixel kernels and "
+                      "clip to [0, 255]. Default: the reference's TF1 kernels, unclipped, which "
+                      "the official checkpoints were trained and evaluated with.")
     flags.DEFINE_bool("deterministic", False, "Deterministic input order and augmentation.")
     flags.DEFINE_bool("cache", None, "Cache the encoded dataset in memory (default: only the small "
                       "datasets cifar10/100, oxford_flowers102, oxford_iiit_pet).")
@@ -91,6 +104,15 @@ def define_flags():
     flags.DEFINE_float("lr_decay_epoch", defaults.lr_decay_epoch,
                        "exponential: multiply by --lr_decay_factor every this many epochs.")
     flags.DEFINE_float("lr_decay_factor", defaults.lr_decay_factor, "exponential decay factor.")
+    flags.DEFINE_bool("lr_continuous_warmup", defaults.lr_continuous_warmup, "Count the decay "
+                      "from the end of warmup, so the LR is continuous there. Default: the "
+                      "reference, which counts it from step 0 (0.97^2 of the peak right after "
+                      "5 warmup epochs).")
+    flags.DEFINE_enum("optimizer", defaults.optimizer, cfg.OPTIMIZERS, "The reference's "
+                      "optimizers, with its TF1 update rules and hyperparameters.")
+    flags.DEFINE_float("lars_weight_decay", defaults.lars_weight_decay,
+                       "--optimizer=lars: weight decay inside LARS (on top of --weight_decay).")
+    flags.DEFINE_float("lars_epsilon", defaults.lars_epsilon, "--optimizer=lars: epsilon.")
     flags.DEFINE_float("moving_average_decay", defaults.moving_average_decay,
                        "EMA of weights and BN statistics used for eval/export; 0 disables.")
     flags.DEFINE_float("weight_decay", defaults.weight_decay,
@@ -176,12 +198,29 @@ def model_config_from_flags(FLAGS, use_phi: bool = True) -> cfg.ModelConfig:
         value = getattr(FLAGS, flag)
         if value is not None:
             overrides[field] = value
+    overrides["advprop_preprocessing"] = FLAGS.advprop_preprocessing
+    overrides["bn_group_size"] = parse_bn_group_size(FLAGS.bn_group_size)
     try:
         if use_phi and FLAGS.phi is not None:
             return cfg.config_for_phi(FLAGS.phi, FLAGS.alpha, FLAGS.beta, FLAGS.gamma, **overrides)
         return cfg.get_model_config(FLAGS.model or "efficientnet-b0", **overrides)
     except ValueError as e:
         raise flags.ValidationError(str(e)) from e
+
+
+def parse_bn_group_size(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value.strip().lower() == "all":
+        return 0
+    try:
+        size = int(value)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise flags.ValidationError(f"--bn_group_size={value}: expected 'all', 0 (all replicas) "
+                                    "or a group size >= 1.")
+    return size
 
 
 def profile_model_names(FLAGS) -> list[str]:
@@ -213,7 +252,8 @@ def require(FLAGS, *names):
 TRAIN_FLAG_FIELDS = (
     "model_dir", "train_batch_size", "eval_batch_size", "train_steps", "train_epochs",
     "steps_per_eval", "steps_per_loop", "base_learning_rate", "lr_schedule", "lr_warmup_epochs",
-    "lr_decay_epoch", "lr_decay_factor", "moving_average_decay", "weight_decay",
+    "lr_decay_epoch", "lr_decay_factor", "lr_continuous_warmup", "optimizer", "lars_weight_decay",
+    "lars_epsilon", "moving_average_decay", "weight_decay",
     "label_smoothing", "mixed_precision", "strategy", "use_tpu", "tpu", "tpu_zone",
     "gcp_project", "num_gpus", "weights", "freeze_backbone", "bn_mode", "keep_checkpoint_max",
     "seed",
@@ -238,7 +278,10 @@ def data_config_from_flags(FLAGS):
             num_classes=FLAGS.num_classes if dataset in ("synthetic", "folder") else None,
             augment_name=FLAGS.augment_name, randaug_num_layers=FLAGS.randaug_num_layers,
             randaug_magnitude=FLAGS.randaug_magnitude, mixup_alpha=FLAGS.mixup_alpha,
-            cutmix_alpha=FLAGS.cutmix_alpha, reference_bicubic=FLAGS.reference_bicubic,
+            cutmix_alpha=FLAGS.cutmix_alpha, augment_ops=FLAGS.augment_ops,
+            resize_method=FLAGS.resize_method or cfg.reference_resize_method(
+                FLAGS.model or "efficientnet-b0"),
+            half_pixel_centers=FLAGS.half_pixel_centers,
             deterministic=FLAGS.deterministic, seed=FLAGS.seed or 0, cache=FLAGS.cache,
             synthetic_train_size=FLAGS.synthetic_train_size,
             synthetic_eval_size=FLAGS.synthetic_eval_size)

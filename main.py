@@ -103,6 +103,18 @@ def _inference_model():
     return build_model(config=config, weights=FLAGS.weights), None
 
 
+def _eval_resize() -> dict:
+    """The eval resize of export/predict/cam: explicit flags, else the training run's (with
+    --model_dir), else the model's reference kernel (resize_method None)."""
+    from efficientnet_tf.training.trainer import read_experiment
+
+    run = read_experiment(FLAGS.model_dir).data if FLAGS.model_dir else None
+    method = FLAGS.resize_method or (run.resize_method if run else None)
+    half = (FLAGS.half_pixel_centers if run is None or FLAGS["half_pixel_centers"].present
+            else run.half_pixel_centers)
+    return {"resize_method": method, "half_pixel_centers": half}
+
+
 def run_export():
     from efficientnet_tf import export
 
@@ -126,8 +138,7 @@ def run_export():
         print(f"Wrote {path}")
     else:
         path = export.export_saved_model(model, FLAGS.export_dir, class_names=class_names,
-                                         reference_bicubic=FLAGS.reference_bicubic,
-                                         overwrite=FLAGS.overwrite)
+                                         overwrite=FLAGS.overwrite, **_eval_resize())
         print(f"Wrote {path} (signatures serving_default on image_bytes, serving_images on "
               "float32 [0, 255])")
 
@@ -145,8 +156,7 @@ def run_predict():
     else:
         model, class_names = _inference_model()
         result = predict.predict_images(FLAGS.image, model=model, top_k=FLAGS.top_k,
-                                        class_names=class_names,
-                                        reference_bicubic=FLAGS.reference_bicubic)
+                                        class_names=class_names, **_eval_resize())
     print(predict.format_predictions(result))
     if FLAGS.output_json:
         write_json_atomic(FLAGS.output_json, result)
@@ -213,8 +223,7 @@ def run_cam():
     if len(FLAGS.image) != 1:
         raise flags.ValidationError(f"--mode=cam takes one --image, got {len(FLAGS.image)}.")
     model, class_names = _inference_model()
-    result = cam.cam_for_image_file(model, FLAGS.image[0], FLAGS.output,
-                                    reference_bicubic=FLAGS.reference_bicubic)
+    result = cam.cam_for_image_file(model, FLAGS.image[0], FLAGS.output, **_eval_resize())
     labels = predict.class_labels(export.classifier_layer(model).units, class_names)
     size = export.model_image_size(model, None)
     print(f"{result['image']}: class {result['class_index']} "

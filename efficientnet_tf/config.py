@@ -27,6 +27,9 @@ IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 LITE_MEAN_RGB = (127.0, 127.0, 127.0)
 LITE_STDDEV_RGB = (128.0, 128.0, 128.0)
+# AdvProp checkpoints were trained on x * 2/255 - 1, i.e. (x - 127.5) / 127.5: inputs in [-1, 1].
+ADVPROP_MEAN_RGB = (127.5, 127.5, 127.5)
+ADVPROP_STDDEV_RGB = (127.5, 127.5, 127.5)
 
 # name: (width, depth, resolution, dropout)  -- SPEC 1.2
 SCALING_TABLE = {
@@ -169,7 +172,8 @@ class ModelConfig(ConfigMixin):
     num_classes: int = 1000
     mean_rgb: tuple = IMAGENET_MEAN_RGB
     stddev_rgb: tuple = IMAGENET_STDDEV_RGB
-    sync_batch_norm: bool = False
+    advprop_preprocessing: bool = False
+    bn_group_size: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "blocks", tuple(self.blocks))
@@ -194,6 +198,10 @@ class ModelConfig(ConfigMixin):
         check(self.num_classes >= 1, "num_classes", "must be >= 1")
         check(len(self.mean_rgb) == 3 and len(self.stddev_rgb) == 3 and min(self.stddev_rgb) > 0,
               "stddev_rgb", "mean_rgb/stddev_rgb need 3 values, stddev > 0")
+        check(self.bn_group_size is None or (isinstance(self.bn_group_size, int)
+                                             and self.bn_group_size >= 0),
+              "bn_group_size", "must be None (the reference's rule), 0 (all replicas) or a "
+              "group size >= 1")
         check(len(self.blocks) > 0, "blocks", "needs at least one stage")
         for b in self.blocks:
             decode_block_string(b)
@@ -202,6 +210,17 @@ class ModelConfig(ConfigMixin):
     def block_args(self) -> tuple[BlockArgs, ...]:
         return tuple(decode_block_string(b) for b in self.blocks)
 
+    def input_normalization(self) -> tuple[tuple, tuple]:
+        """(mean, stddev) per RGB channel that the model applies to its [0, 255] input."""
+        if self.advprop_preprocessing:
+            return ADVPROP_MEAN_RGB, ADVPROP_STDDEV_RGB
+        return self.mean_rgb, self.stddev_rgb
+
+    def architecture(self) -> dict:
+        """The network a checkpoint belongs to: every field but how replicas share BN
+        statistics during training (same weights either way)."""
+        return {k: v for k, v in json.loads(json.dumps(self.to_dict())).items()
+                if k != "bn_group_size"}
 
 
 ACTIVATIONS = ("swish", "relu6", "relu", "gelu")
@@ -268,7 +287,17 @@ def head_filters(config: ModelConfig) -> int:
     return config.head_filters if config.fix_head_stem else scaled_filters(config, config.head_filters)
 
 
-LR_SCHEDULES = ("exponential", "cosine", "constant")
+LR_SCHEDULES = ("exponential", "cosine", "poly", "constant")
+OPTIMIZERS = ("rmsprop", "sgd", "momentum", "lars")
+RESIZE_METHODS = ("bicubic", "bilinear")
+
+
+def reference_resize_method(model_name: str) -> str:
+    """The reference's resize kernel for a model: bilinear for Lite and EdgeTPU (kinder to
+    post-training quantization), bicubic for everything else."""
+    if model_name.startswith(("efficientnet-lite", "efficientnet-edgetpu")):
+        return "bilinear"
+    return "bicubic"
 MIXED_PRECISION = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker_mirrored", "one_device")
 BN_MODES = ("train", "frozen")
@@ -290,6 +319,10 @@ class TrainConfig(ConfigMixin):
     lr_warmup_epochs: float = 5.0
     lr_decay_epoch: float = 2.4
     lr_decay_factor: float = 0.97
+    lr_continuous_warmup: bool = False
+    optimizer: str = "rmsprop"
+    lars_weight_decay: float = 1e-5
+    lars_epsilon: float = 0.0
     moving_average_decay: float = 0.9999
     weight_decay: float = 1e-5
     label_smoothing: float = 0.1
@@ -322,6 +355,9 @@ class TrainConfig(ConfigMixin):
         check(self.lr_warmup_epochs >= 0, "lr_warmup_epochs", "must be >= 0")
         check(self.lr_decay_epoch > 0, "lr_decay_epoch", "must be > 0")
         check(0 < self.lr_decay_factor <= 1, "lr_decay_factor", "must be in (0, 1]")
+        check(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
+        check(self.lars_weight_decay >= 0, "lars_weight_decay", "must be >= 0")
+        check(self.lars_epsilon >= 0, "lars_epsilon", "must be >= 0")
         check(0 <= self.moving_average_decay < 1, "moving_average_decay",
               "must be in [0, 1) (0 disables the EMA)")
         check(self.weight_decay >= 0, "weight_decay", "must be >= 0")

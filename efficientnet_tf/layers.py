@@ -31,9 +31,87 @@ def get_activation(name: str):
     return keras.activations.get(name)
 
 
-def batch_norm(name, momentum, epsilon, synchronized, dtype=None):
-    return keras.layers.BatchNormalization(
-        momentum=momentum, epsilon=epsilon, synchronized=synchronized, dtype=dtype, name=name)
+def bn_group_size(num_replicas: int, group_size: int | None = None) -> int:
+    """How many consecutive replicas share batch-norm statistics.
+
+    None is the reference's rule (its TpuBatchNormalization): every replica on its own up to 8
+    replicas, groups of max(8, n // 8) above that, so a pod never pays for a global all-reduce
+    per layer. 0 means all replicas (global sync BN), 1 per replica, k groups of k.
+    """
+    if num_replicas < 1:
+        raise ValueError(f"num_replicas={num_replicas}: must be >= 1")
+    if group_size is None:
+        size = 1 if num_replicas <= 8 else max(8, num_replicas // 8)
+    elif group_size == 0:
+        size = num_replicas
+    else:
+        size = group_size
+    if num_replicas % size:
+        raise ValueError(
+            f"bn_group_size={group_size!r} gives groups of {size} replicas, which do not divide "
+            f"the {num_replicas} replicas; pass --bn_group_size as a divisor of {num_replicas} "
+            "(0 = all replicas, 1 = per replica).")
+    return size
+
+
+def _group_sum(context, x, group_size: int):
+    """Sum of `x` over the replica's group, with one all-reduce of a [num_groups, ...] tensor.
+
+    Each replica writes its value into its group's row and the all-reduce adds the rows up: plain
+    `all_reduce` works under every tf.distribute strategy (Mirrored, MultiWorker, TPU), and with
+    the default rule there are at most 8 groups, so the cost stays within 8x a global sync.
+    """
+    import tensorflow as tf
+
+    num_replicas = context.num_replicas_in_sync
+    if group_size == num_replicas:
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
+    group = context.replica_id_in_sync_group // group_size
+    rows = ops.one_hot(group, num_replicas // group_size, dtype=x.dtype)
+    rows = ops.reshape(rows, (-1,) + (1,) * len(x.shape))
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, rows * ops.expand_dims(x, 0))
+    return ops.take(total, group, axis=0)
+
+
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class GroupBatchNormalization(keras.layers.BatchNormalization):
+    """BatchNormalization whose training statistics are averaged over groups of replicas.
+
+    `group_size` as in `bn_group_size` (None: the reference's rule). Replicas average their
+    per-replica mean and mean of squares, as the reference does (equal per-replica batches), so
+    each group normalizes with its own statistics and keeps its own moving averages. Outside a
+    distribution strategy, or with groups of 1, this is plain BatchNormalization.
+    """
+
+    def __init__(self, group_size: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if group_size is not None and (not isinstance(group_size, int) or group_size < 0):
+            raise ValueError(f"group_size={group_size!r}: must be None or an integer >= 0")
+        self.group_size = group_size
+
+    def _moments(self, inputs, mask):
+        mean, variance = super()._moments(inputs, mask)
+        if keras.backend.backend() != "tensorflow" or mask is not None:
+            return mean, variance  # replica groups are a tf.distribute concept
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None:
+            return mean, variance
+        size = bn_group_size(context.num_replicas_in_sync, self.group_size)
+        if size == 1:
+            return mean, variance
+        stats = _group_sum(context, ops.stack([mean, variance + ops.square(mean)]), size) / size
+        group_mean, group_mean_of_squares = stats[0], stats[1]
+        return group_mean, group_mean_of_squares - ops.square(group_mean)
+
+    def get_config(self):
+        return {**super().get_config(), "group_size": self.group_size}
+
+
+def batch_norm(name, momentum, epsilon, group_size=None, dtype=None):
+    return GroupBatchNormalization(group_size=group_size, momentum=momentum, epsilon=epsilon,
+                                   dtype=dtype, name=name)
 
 
 def conv_bn(x, conv, bn, training):
@@ -174,7 +252,7 @@ class MBConvBlock(keras.layers.Layer):
                  strides: int = 1, expand_ratio: float = 1, se_ratio: float = 0.0,
                  id_skip: bool = True, drop_rate: float = 0.0, activation: str = "swish",
                  bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
-                 sync_batch_norm: bool = False, **kwargs):
+                 bn_group_size: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.input_filters = int(input_filters)
         self.output_filters = int(output_filters)
@@ -187,7 +265,7 @@ class MBConvBlock(keras.layers.Layer):
         self.activation = activation
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
-        self.sync_batch_norm = bool(sync_batch_norm)
+        self.bn_group_size = bn_group_size
 
         act = get_activation(activation)
         policy = self.dtype_policy
@@ -195,7 +273,7 @@ class MBConvBlock(keras.layers.Layer):
         self.expanded_filters = expanded
 
         def bn(name):
-            return batch_norm(name, bn_momentum, bn_epsilon, self.sync_batch_norm, policy)
+            return batch_norm(name, bn_momentum, bn_epsilon, bn_group_size, policy)
 
         if expand_ratio != 1:
             self.expand_conv = keras.layers.Conv2D(
@@ -267,5 +345,5 @@ class MBConvBlock(keras.layers.Layer):
             "expand_ratio": self.expand_ratio, "se_ratio": self.se_ratio,
             "id_skip": self.id_skip, "drop_rate": self.drop_rate, "activation": self.activation,
             "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
-            "sync_batch_norm": self.sync_batch_norm,
+            "bn_group_size": self.bn_group_size,
         }

@@ -33,9 +33,9 @@ def _backbone(config: cfg.ModelConfig, inputs):
     act = get_activation(config.activation)
 
     def bn(name):
-        return batch_norm(name, config.bn_momentum, config.bn_epsilon, config.sync_batch_norm)
+        return batch_norm(name, config.bn_momentum, config.bn_epsilon, config.bn_group_size)
 
-    x = ImageNormalization(config.mean_rgb, config.stddev_rgb, name="normalization")(inputs)
+    x = ImageNormalization(*config.input_normalization(), name="normalization")(inputs)
     x = keras.layers.Conv2D(cfg.stem_filters(config), 3, strides=2, padding="same", use_bias=False,
                             kernel_initializer=CONV_KERNEL_INITIALIZER, name="stem_conv")(x)
     x = bn("stem_bn")(x)
@@ -59,7 +59,7 @@ def _backbone(config: cfg.ModelConfig, inputs):
                 strides=strides, expand_ratio=stage.expand_ratio, se_ratio=stage.se_ratio,
                 id_skip=stage.id_skip, drop_rate=drop_connect_rate * block_index / total_blocks,
                 activation=config.activation, bn_momentum=config.bn_momentum,
-                bn_epsilon=config.bn_epsilon, sync_batch_norm=config.sync_batch_norm,
+                bn_epsilon=config.bn_epsilon, bn_group_size=config.bn_group_size,
                 name=block_name(stage_idx, j))(x)
             block_index += 1
     endpoints[f"reduction_{reduction}"] = x
@@ -90,7 +90,7 @@ def _is_mixed_precision() -> bool:
 
 def build_model(phi=None, *, model_name=None, config=None, include_top=True, weights=None,
                 input_tensor=None, input_shape=None, pooling=None, classes=None,
-                classifier_activation="softmax", sync_batch_norm=None, name=None,
+                classifier_activation="softmax", name=None,
                 **overrides) -> keras.Model:
     """Build EfficientNet. Arguments follow keras.applications.EfficientNetB*.
 
@@ -104,8 +104,6 @@ def build_model(phi=None, *, model_name=None, config=None, include_top=True, wei
     """
     if classes is not None:
         overrides["num_classes"] = classes
-    if sync_batch_norm is not None:
-        overrides["sync_batch_norm"] = sync_batch_norm
     config = resolve_config(phi, model_name, config, **overrides)
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling={pooling!r}: expected None, 'avg' or 'max'.")

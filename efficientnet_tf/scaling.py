@@ -175,7 +175,7 @@ class Counter:
 
         key = architecture_key(config)
         if key not in self._cache:
-            model = build_model(config=config.replace(sync_batch_norm=False))
+            model = build_model(config=config)
             self._cache[key] = (count_params(model)[0], count_flops(model))
             del model
             keras.backend.clear_session()
@@ -219,7 +219,7 @@ def _settings(experiment: ExperimentConfig, budget_steps: int, **extra) -> dict:
                   "steps_per_eval", "eval_batch_size"):
         train.pop(field)
     return json.loads(json.dumps({
-        "base": experiment.model.replace(sync_batch_norm=False).to_dict(),
+        "base": experiment.model.to_dict(),
         "data": experiment.data.to_dict(), "train": train, "budget_steps": budget_steps,
         **extra}))
 

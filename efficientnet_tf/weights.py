@@ -428,8 +428,9 @@ def _check_normalization(arrays, origin: str, config: cfg.ModelConfig) -> None:
     compensate); a correctly set layer stores stddev^2. Both match our (x - mean) / std.
     """
     mean, variance = (np.ravel(a) for _, a in arrays[:2])
-    want_mean = np.asarray(config.mean_rgb) / 255.0
-    std = np.asarray(config.stddev_rgb) / 255.0
+    config_mean, config_std = config.input_normalization()
+    want_mean = np.asarray(config_mean) / 255.0
+    std = np.asarray(config_std) / 255.0
     imagenet_file = np.allclose(variance, std, atol=1e-4)
     if np.allclose(mean, want_mean, atol=1e-4) and (imagenet_file
                                                     or np.allclose(variance, std ** 2, atol=1e-5)):

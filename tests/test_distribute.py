@@ -145,7 +145,7 @@ assert strategy.num_replicas_in_sync == 2, strategy.extended.worker_devices
 assert distribute.strategy_device_kind(strategy) == "cpu"
 with strategy.scope():
     model = build_model(model_name="efficientnet-b0", width_coefficient=0.25, depth_coefficient=0.2,
-                        input_shape=(32, 32, 3), classes=4, sync_batch_norm=True,
+                        input_shape=(32, 32, 3), classes=4, bn_group_size=0,
                         classifier_activation=None)
     optimizer = build_optimizer(build_lr_schedule("exponential", 0.016, 8, steps_per_epoch=2,
                                                   total_steps=10, warmup_epochs=0.5))
@@ -217,6 +217,6 @@ print("OK", losses)
 
 
 @pytest.mark.slow
-def test_mirrored_two_cpu_replicas_sync_bn_rmsprop_ema(tmp_path):
+def test_mirrored_two_cpu_replicas_global_bn_rmsprop_ema(tmp_path):
     out = run_python(MIRRORED_TRAIN.replace("CKPT_DIR", str(tmp_path)), timeout=300).stdout
     assert "OK" in out, out

@@ -230,11 +230,14 @@ def test_keras_save_load_round_trip(tmp_path):
     assert [lay.name for lay in loaded.layers] == [lay.name for lay in m.layers]
 
 
-def test_sync_batch_norm_flag():
-    m = build_model(model_name="efficientnet-b0", sync_batch_norm=True, **TINY)
-    bns = [m.get_layer("stem_bn"), m.get_layer("block1a").bn, m.get_layer("top_bn")]
-    assert all(bn.synchronized for bn in bns)
+def test_bn_group_size_reaches_every_batch_norm():
+    m = build_model(model_name="efficientnet-b0", bn_group_size=2, **TINY)
+    bns = [m.get_layer("stem_bn"), m.get_layer("block1a").bn, m.get_layer("block2a").expand_bn,
+           m.get_layer("top_bn")]
+    assert all(bn.group_size == 2 and not bn.synchronized for bn in bns)
     assert all(bn.momentum == 0.99 and bn.epsilon == 1e-3 for bn in bns)
+    assert m.get_layer("block1a").get_config()["bn_group_size"] == 2
+    assert build_model(model_name="efficientnet-b0", **TINY).get_layer("top_bn").group_size is None
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])

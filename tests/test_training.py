@@ -102,13 +102,13 @@ def test_use_tpu_without_tpu_fails_fast(tmp_path):
     print(f"--use_tpu failed after {time.monotonic() - start:.1f}s")
 
 
-def test_mirrored_two_cpu_replicas_with_sync_bn(tmp_path):
+def test_mirrored_two_cpu_replicas_with_global_bn(tmp_path):
     proc = run_main("--mode=train_and_eval", *TINY_FLAGS, "--strategy=mirrored",
                     "--num_cpu_devices=2", "--train_steps=4", "--steps_per_eval=2",
-                    "--steps_per_loop=2", f"--model_dir={tmp_path}")
+                    "--steps_per_loop=2", "--bn_group_size=all", f"--model_dir={tmp_path}")
     assert "2 replica(s), MirroredStrategy" in proc.stdout
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["model"]["sync_batch_norm"] is True
+    assert config["model"]["bn_group_size"] == 0
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert results["num_examples"] == 24 and results["step"] == 4
     assert _latest_step(tmp_path) == 4

@@ -8,10 +8,11 @@ Distribution: the shadows are `tf.Variable`s created under the model's strategy 
 mirrored like the weights. `update()` may be called inside `strategy.run` (replica context): it
 hops to the cross-replica context with one `merge_call` and updates each device's shadow from that
 device's copy of the weight, with no communication. That is consistent because after the
-optimizer step every replica holds the same weights, and with synchronized BN (batch statistics
-averaged across replicas) the same BN moving statistics. Without sync BN, Keras 3 keeps each
-replica's own moving statistics; each device's shadow then follows its own replica and reads,
-swaps and checkpoints use replica 0's, exactly as for the model's statistics themselves.
+optimizer step every replica holds the same weights. BN moving statistics are shared only within
+a group of replicas (`--bn_group_size`; by default each replica keeps its own, as the reference):
+each device's shadow then follows its own replica's statistics, and reads, swaps and checkpoints
+use replica 0's, exactly as for the model's statistics themselves (and as the reference's
+checkpoints hold one replica's).
 """
 from __future__ import annotations
 

@@ -7,9 +7,7 @@ MultiWorkerMirroredStrategy and with `steps_per_execution > 1` under MirroredStr
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -19,9 +17,10 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf import data as data_lib
-from efficientnet_tf.config import ExperimentConfig
+from efficientnet_tf.config import ExperimentConfig, ModelConfig
 from efficientnet_tf.files import write_json_atomic
 from efficientnet_tf.distribute import resolve_mixed_precision, strategy_device_kind
+from efficientnet_tf.layers import bn_group_size
 from efficientnet_tf.model import build_model
 from efficientnet_tf.weights import save_weights_atomic
 from efficientnet_tf.training.ema import ExponentialMovingAverage
@@ -50,11 +49,14 @@ class Trainer:
                 f"{self.info.num_classes} classes")
         self.image_size = experiment.model.resolution
         self.global_batch = train.train_batch_size
-        self.steps_per_epoch = data_lib.steps_per_epoch(self.info, self.global_batch)
+        data_lib.steps_per_epoch(self.info, self.global_batch)  # at least one full batch
+        # As the reference: a fractional epoch (train images / batch) for the LR schedule, and
+        # --train_epochs as int(epochs * that) steps (350 ImageNet epochs at 2048: 218949).
+        self.steps_per_epoch = self.info.train_size / self.global_batch
         if train.train_steps is not None:
             self.total_steps = train.train_steps
         elif train.train_epochs is not None:
-            self.total_steps = max(1, math.ceil(train.train_epochs * self.steps_per_epoch))
+            self.total_steps = max(1, int(train.train_epochs * self.steps_per_epoch))
         else:
             self.total_steps = None
         self.model_dir = train.model_dir
@@ -65,18 +67,19 @@ class Trainer:
         self.precision = resolve_mixed_precision(train.mixed_precision,
                                                  strategy_device_kind(strategy))
         keras.mixed_precision.set_global_policy(self.precision)
-        model_config = experiment.model
-        if strategy.num_replicas_in_sync > 1 and not model_config.sync_batch_norm:
-            model_config = model_config.replace(sync_batch_norm=True)
-            self.experiment = experiment = dataclasses.replace(experiment, model=model_config)
+        # Fails here, not at the first step, when the groups do not divide the replicas.
+        bn_group_size(strategy.num_replicas_in_sync, experiment.model.bn_group_size)
         with strategy.scope():
-            self.model = build_model(config=model_config, classifier_activation=None)
+            self.model = build_model(config=experiment.model, classifier_activation=None)
             self._apply_freezing()
             self.lr_schedule = build_lr_schedule(
                 train.lr_schedule, train.base_learning_rate, self.global_batch,
                 self.steps_per_epoch, self.total_steps or 1, warmup_epochs=train.lr_warmup_epochs,
-                decay_epochs=train.lr_decay_epoch, decay_factor=train.lr_decay_factor)
-            self.optimizer = build_optimizer(self.lr_schedule, mixed_precision=self.precision)
+                decay_epochs=train.lr_decay_epoch, decay_factor=train.lr_decay_factor,
+                continuous_warmup=train.lr_continuous_warmup)
+            self.optimizer = build_optimizer(
+                self.lr_schedule, optimizer=train.optimizer, mixed_precision=self.precision,
+                lars_weight_decay=train.lars_weight_decay, lars_epsilon=train.lars_epsilon)
             self.optimizer.build(self.model.trainable_variables)
             self.ema = (ExponentialMovingAverage(self.model, train.moving_average_decay)
                         if train.moving_average_decay > 0 else None)
@@ -159,7 +162,7 @@ class Trainer:
             return json.load(f)
 
     def _require_same_model(self, saved: dict, action: str):
-        if _architecture(saved["model"]) != _architecture(self.experiment.model.to_dict()):
+        if ModelConfig.from_dict(saved["model"]).architecture() != self.experiment.model.architecture():
             raise ValueError(
                 f"{os.path.join(self.model_dir, CONFIG_FILE)} describes a different model than "
                 f"this run's flags; checkpoints in --model_dir={self.model_dir} cannot be "
@@ -343,9 +346,12 @@ class Trainer:
         return tf.summary.create_file_writer(os.path.join(self.model_dir, name))
 
     def weights_fingerprint(self) -> float:
-        """Sum of all model weights: equal on every worker when training stayed in sync."""
+        """Sum of the trainable weights: equal on every worker when training stayed in sync.
+
+        BN moving statistics are left out: they are shared only within a --bn_group_size group
+        of replicas (by default each replica keeps its own, as the reference)."""
         return float(sum(tf.reduce_sum(tf.cast(w, tf.float64)).numpy()
-                         for w in self.model.weights))
+                         for w in self.model.trainable_weights))
 
     def _deployed_weights(self):
         """The weights eval and users see: the EMA averages, swapped in, when the run keeps them."""
@@ -362,12 +368,6 @@ class Trainer:
         with writer.as_default(step=0):
             tf.summary.image("input_images", tf.cast(images, tf.float32) / 255.0,
                              max_outputs=count)
-
-
-def _architecture(model_config: dict) -> dict:
-    """What a checkpoint depends on: the model config minus cross-replica BN (same weights)."""
-    return {k: v for k, v in json.loads(json.dumps(model_config)).items()
-            if k != "sync_batch_norm"}
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -416,8 +416,8 @@ def load_trained_model(model_dir: str, *, checkpoint_path: str | None = None,
     `build_model` (e.g. input_shape). The latest checkpoint unless `checkpoint_path` is given.
     """
     experiment = read_experiment(model_dir)
-    model = build_model(config=experiment.model.replace(sync_batch_norm=False),
-                        classifier_activation=classifier_activation, **build_kwargs)
+    model = build_model(config=experiment.model, classifier_activation=classifier_activation,
+                        **build_kwargs)
     decay = experiment.train.moving_average_decay
     ema = ExponentialMovingAverage(model, decay) if decay > 0 else None
     objects = {"model": model, **({"ema": ema} if ema is not None else {})}
