@@ -147,6 +147,27 @@ class LARS(MomentumTF):
                 "eeta": self.eeta, "epsilon": self.epsilon, "skip_list": list(self.skip_list)}
 
 
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class CrossReplicaLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras' dynamic loss scaling, deciding "finite" from every replica's gradients.
+
+    Keras 3.15 checks each replica's local gradients before they are all-reduced and then takes
+    replica 0's answer, so an inf on another replica is applied (and the scale even grows). Here
+    the replicas sum their non-finite flags first, so every replica takes the same decision, the
+    one the all-reduced gradients call for (a sum of finite float32 gradients is finite).
+    """
+
+    def check_finite(self, grads):
+        import tensorflow as tf
+
+        finite = super().check_finite(grads)
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return finite
+        bad = context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+        return bad == 0.0
+
+
 def build_optimizer(learning_rate, *, optimizer="rmsprop", mixed_precision="float32", rho=0.9,
                     momentum=0.9, epsilon=1e-3, lars_weight_decay=1e-5,
                     lars_epsilon=0.0) -> keras.optimizers.Optimizer:
@@ -172,5 +193,5 @@ def build_optimizer(learning_rate, *, optimizer="rmsprop", mixed_precision="floa
         opt = LARS(learning_rate=learning_rate, momentum=momentum,
                    lars_weight_decay=lars_weight_decay, epsilon=lars_epsilon)
     if mixed_precision == "mixed_float16":
-        return keras.optimizers.LossScaleOptimizer(opt)
+        return CrossReplicaLossScaleOptimizer(opt)
     return opt
