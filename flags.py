@@ -154,6 +154,14 @@ def define_flags():
     flags.DEFINE_bool("tflite", False, "export: EXPORT_DIR/model.tflite instead of a SavedModel.")
     flags.DEFINE_enum("quantize", None, ["dynamic", "int8"], "export --tflite: post-training "
                       "quantization; int8 calibrates on --dataset/--data_dir training images.")
+    from efficientnet_tf.data.image_header import MAX_IMAGE_PIXELS
+    from efficientnet_tf.export import DEFAULT_MAX_BATCH_SIZE
+
+    flags.DEFINE_integer("max_image_pixels", MAX_IMAGE_PIXELS, "export: the serving signature "
+                         "refuses encoded images whose header claims more pixels (before "
+                         "decoding; default PIL's bomb threshold, ~89.5 MP).")
+    flags.DEFINE_integer("max_batch_size", DEFAULT_MAX_BATCH_SIZE, "export: the serving "
+                         "signatures refuse requests with more images.")
     flags.DEFINE_string("saved_model", None, "predict: a serving SavedModel from --mode=export.")
     flags.DEFINE_list("image", None, "predict: image file(s), comma-separated; cam: one image.")
     flags.DEFINE_integer("top_k", 5, "predict: classes to report per image.")

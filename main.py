@@ -138,6 +138,8 @@ def run_export():
         print(f"Wrote {path}")
     else:
         path = export.export_saved_model(model, FLAGS.export_dir, class_names=class_names,
+                                         max_image_pixels=FLAGS.max_image_pixels,
+                                         max_batch_size=FLAGS.max_batch_size,
                                          overwrite=FLAGS.overwrite, **_eval_resize())
         print(f"Wrote {path} (signatures serving_default on image_bytes, serving_images on "
               "float32 [0, 255])")

@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf.config import reference_resize_method
+from efficientnet_tf.data.image_header import MAX_IMAGE_PIXELS, image_dimensions, too_large
 from efficientnet_tf.data.preprocessing import preprocess_for_eval
 from efficientnet_tf.files import write_bytes_atomic
 from efficientnet_tf.layers import ImageNormalization, MBConvBlock, SqueezeExcite
@@ -35,7 +36,9 @@ SERVING_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "serving_images"
 HUB_VARIANTS = ("classification", "feature_vector")
 QUANTIZE_MODES = (None, "dynamic", "int8")
-IMAGE_FORMATS = "JPEG, PNG, GIF, BMP, WebP or JPEG XL"  # what tf.io.decode_image reads
+# What tf.io.decode_image reads and image_header can size (JPEG XL has no readable size there).
+IMAGE_FORMATS = "JPEG, PNG, GIF, BMP or WebP"
+DEFAULT_MAX_BATCH_SIZE = 256
 # Folded vs Keras probabilities; a structural folding bug is orders of magnitude above this.
 FOLD_CHECK_TOLERANCE = 1e-4
 
@@ -429,8 +432,8 @@ def check_image_bytes(image_bytes):
 
     known = tf.reduce_any(tf.stack([
         starts_with(b"\xff\xd8\xff"), starts_with(b"\x89PNG"), starts_with(b"GIF"),
-        starts_with(b"BM"), tf.logical_and(starts_with(b"RIFF"), starts_with(b"WEBP", 8)),
-        starts_with(b"\xff\x0a"), starts_with(b"\0\0\0\x0cJXL ")]), axis=0)
+        starts_with(b"BM"), tf.logical_and(starts_with(b"RIFF"), starts_with(b"WEBP", 8))]),
+        axis=0)
     empty = tf.equal(tf.strings.length(image_bytes), 0)
     return [
         tf.debugging.Assert(tf.logical_not(tf.reduce_any(empty)), [
@@ -442,11 +445,35 @@ def check_image_bytes(image_bytes):
     ]
 
 
+def check_image_sizes(image_bytes, max_pixels: int):
+    """An assertion (InvalidArgument) naming the batch entries whose header claims more than
+    `max_pixels` pixels (or no readable size), with those sizes: before anything is decoded."""
+    dimensions = tf.map_fn(image_dimensions, image_bytes,
+                           fn_output_signature=tf.TensorSpec([2], tf.int64))
+    bad = tf.where(too_large(dimensions, max_pixels))[:, 0]
+    return tf.debugging.Assert(tf.equal(tf.size(bad), 0), [
+        f"image_bytes: image(s) above max_image_pixels={max_pixels} (or of unreadable size) at "
+        "batch indices", bad, "; header height, width:", tf.gather(dimensions, bad)],
+        summarize=16)
+
+
+def check_batch_size(batch, max_batch_size: int):
+    return tf.debugging.Assert(batch <= max_batch_size, [
+        f"batch of more than max_batch_size={max_batch_size} images:", batch])
+
+
 class ServingModule(tf.__internal__.tracking.AutoTrackable):
-    """The object saved as the serving SavedModel; its tf.functions are the signatures."""
+    """The object saved as the serving SavedModel; its tf.functions are the signatures.
+
+    Requests above `max_batch_size` images, and encoded images above `max_image_pixels`, are
+    refused with InvalidArgument before any decoding: one request must not be able to take the
+    server's memory (a 1 MB PNG can decode to 1.2 GB).
+    """
 
     def __init__(self, network, *, apply_softmax: bool, image_size: int, top_k: int,
-                 resize_method: str, half_pixel_centers: bool):
+                 resize_method: str, half_pixel_centers: bool,
+                 max_image_pixels: int = MAX_IMAGE_PIXELS,
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
         super().__init__()
         if isinstance(network, keras.Model):
             # Only the weights enter the object graph; saving Keras objects is slow and useless.
@@ -458,7 +485,10 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
         self._apply_softmax = apply_softmax
         self._image_size = image_size
         self._top_k = top_k
-        self._resize = dict(resize_method=resize_method, half_pixel_centers=half_pixel_centers)
+        self._resize = dict(resize_method=resize_method, half_pixel_centers=half_pixel_centers,
+                            max_pixels=max_image_pixels)
+        self._max_image_pixels = int(max_image_pixels)
+        self._max_batch_size = int(max_batch_size)
         self.serve_images = tf.function(
             self._serve_images,
             input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
@@ -466,6 +496,9 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
             self._serve_bytes, input_signature=[tf.TensorSpec([None], tf.string)])
 
     def _serve_images(self, images):
+        with tf.control_dependencies([check_batch_size(tf.shape(images)[0],
+                                                       self._max_batch_size)]):
+            images = tf.identity(images)
         out = tf.cast(self._run(images), tf.float32)
         probs = tf.nn.softmax(out) if self._apply_softmax else out
         top = tf.math.top_k(probs, k=self._top_k)
@@ -475,8 +508,12 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
                 "top_k_probabilities": top.values}
 
     def preprocess(self, image_bytes):
-        with tf.control_dependencies(check_image_bytes(image_bytes)):
-            image_bytes = tf.identity(image_bytes)
+        with tf.control_dependencies([check_batch_size(tf.size(image_bytes),
+                                                       self._max_batch_size)]):
+            with tf.control_dependencies(check_image_bytes(image_bytes)):
+                with tf.control_dependencies([check_image_sizes(image_bytes,
+                                                                self._max_image_pixels)]):
+                    image_bytes = tf.identity(image_bytes)
         size = self._image_size
         return tf.map_fn(
             lambda b: preprocess_for_eval(b, size, **self._resize),
@@ -489,6 +526,8 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
 def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int | None = None,
                        class_names=None, top_k: int = 5, fold_batch_norm: bool = True,
                        resize_method: str | None = None, half_pixel_centers: bool = False,
+                       max_image_pixels: int = MAX_IMAGE_PIXELS,
+                       max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                        overwrite: bool = False) -> str:
     """Write the TF Serving SavedModel of a classifier from `build_model` (see module docstring).
 
@@ -497,7 +536,9 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
     int64 [batch, k], `top_k_probabilities` float32 [batch, k]. `fold_batch_norm` serves the
     folded network (faster on CPU, same output within float32 rounding). `resize_method` (None:
     the model's reference kernel) and `half_pixel_centers` are the eval preprocessing's, as in
-    `preprocess_for_eval`. `class_names` go to export_info.json for `predict`.
+    `preprocess_for_eval`. Requests above `max_batch_size` images and images whose header claims
+    more than `max_image_pixels` pixels are refused (InvalidArgument) before decoding.
+    `class_names` go to export_info.json for `predict`.
     """
     _check_destination(export_dir, overwrite)  # before the slow part
     size = model_image_size(model, image_size)
@@ -505,6 +546,9 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
     apply_softmax = outputs_logits(model)
     if top_k < 1:
         raise ValueError(f"top_k={top_k}: must be >= 1.")
+    if max_image_pixels < 1 or max_batch_size < 1:
+        raise ValueError(f"max_image_pixels={max_image_pixels}, max_batch_size={max_batch_size}: "
+                         "each must be >= 1.")
     if class_names is not None:
         class_names = [str(c) for c in class_names]
         if len(class_names) != num_classes:
@@ -513,7 +557,8 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
     network = fold_model(model, image_size=size) if fold_batch_norm else model
     module = ServingModule(network, apply_softmax=apply_softmax, image_size=size,
                            top_k=min(top_k, num_classes), resize_method=resize_method,
-                           half_pixel_centers=half_pixel_centers)
+                           half_pixel_centers=half_pixel_centers,
+                           max_image_pixels=max_image_pixels, max_batch_size=max_batch_size)
     info = {
         "format": "efficientnet_tf serving SavedModel",
         "model_name": _model_name(model),
@@ -524,6 +569,8 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
         "batch_norm_folded": bool(fold_batch_norm),
         "resize_method": resize_method,
         "half_pixel_centers": bool(half_pixel_centers),
+        "max_image_pixels": int(max_image_pixels),
+        "max_batch_size": int(max_batch_size),
         "signatures": {
             SERVING_SIGNATURE: f"image_bytes: string [batch], encoded {IMAGE_FORMATS}; eval "
                                f"preprocessing (center crop, {resize_method} resize to {size}) inside",

@@ -14,6 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf import export
+from efficientnet_tf.data.image_header import MAX_IMAGE_PIXELS, image_dimensions, too_large
 
 IMAGENET_NUM_CLASSES = 1000
 
@@ -67,8 +68,11 @@ def class_names_for_run(model_dir: str):
         return None
 
 
-def read_image_file(path: str) -> bytes:
-    """The encoded bytes of an image file, checked to decode (errors name the file)."""
+def read_image_file(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes:
+    """The encoded bytes of an image file, checked to decode (errors name the file).
+
+    The size its header claims is checked first: a decompression bomb is refused, not decoded.
+    """
     path = str(path)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"Image {path!r} does not exist.")
@@ -79,6 +83,12 @@ def read_image_file(path: str) -> bytes:
     if not data:
         raise ValueError(f"Image {path!r} is an empty file.")
     try:
+        dimensions = image_dimensions(data)
+        if too_large(dimensions, max_pixels):
+            height, width = dimensions.numpy().tolist()
+            raise ValueError(f"Image {path!r}: its header claims {height} x {width} pixels, above "
+                             f"the limit of {max_pixels} (or a size that cannot be read); not "
+                             "decoded.")
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except tf.errors.InvalidArgumentError as e:
         raise ValueError(f"Image {path!r} cannot be decoded: {e.message.strip()}") from None

@@ -6,7 +6,8 @@ scalar string) or an already decoded uint8 [H, W, 3] image. JPEG bytes are decod
 crop window (`decode_and_crop_jpeg`, which is not always equal to decode + slice); other formats
 (PNG, GIF, BMP; the reference raises on them) are decoded whole and then cropped. Outputs are
 float32 [S, S, 3] on the 0..255 scale; the model normalizes. All randomness is stateless, driven
-by an explicit `seed` [2].
+by an explicit `seed` [2]. Encoded images whose header claims more than `max_pixels` pixels
+(default MAX_IMAGE_PIXELS, PIL's bomb threshold) are refused before decoding.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import tensorflow as tf
 
 from efficientnet_tf.config import RESIZE_METHODS
 from efficientnet_tf.data.augment import ImageAugmenter
+from efficientnet_tf.data.image_header import MAX_IMAGE_PIXELS, check_image_pixels
 
 CROP_FRACTION = 0.875
 MIN_OBJECT_COVERED = 0.1
@@ -63,14 +65,20 @@ def random_crop_window(shape, image_size: int, seed):
     return train_crop_window(shape, image_size, sample_crop_window(shape, seed))[0]
 
 
-def _decode_and_crop(image, window_fn):
-    """(crop, extra) for `window_fn(shape) -> (window, extra)`, `shape` the source's [h, w, c]."""
+def _decode_and_crop(image, window_fn, max_pixels: int = MAX_IMAGE_PIXELS):
+    """(crop, extra) for `window_fn(shape) -> (window, extra)`, `shape` the source's [h, w, c].
+
+    Encoded images larger than `max_pixels` (by their header) fail with InvalidArgument before
+    anything is decoded.
+    """
     def crop(decoded):
         window, extra = window_fn(tf.shape(decoded))
         return tf.slice(decoded, [window[0], window[1], 0], [window[2], window[3], 3]), extra
 
     if image.dtype != tf.string:
         return crop(image)
+    with tf.control_dependencies([check_image_pixels(image, max_pixels)]):
+        image = tf.identity(image)
 
     def jpeg():
         window, extra = window_fn(tf.image.extract_jpeg_shape(image))
@@ -84,9 +92,10 @@ def _decode_and_crop(image, window_fn):
     return cropped, extra
 
 
-def decode_and_crop(image, window_fn):
+def decode_and_crop(image, window_fn, max_pixels: int = MAX_IMAGE_PIXELS):
     """Decode `image` (bytes or uint8 tensor) inside `window_fn(shape)` -> uint8 [h, w, 3]."""
-    return _decode_and_crop(image, lambda shape: (window_fn(shape), tf.constant(False)))[0]
+    return _decode_and_crop(image, lambda shape: (window_fn(shape), tf.constant(False)),
+                            max_pixels)[0]
 
 
 def resize(image, image_size: int, method: str = "bicubic", half_pixel_centers: bool = False):
@@ -108,13 +117,15 @@ def resize(image, image_size: int, method: str = "bicubic", half_pixel_centers: 
 
 
 def preprocess_for_eval(image, image_size: int, *, resize_method: str = "bicubic",
-                        half_pixel_centers: bool = False):
-    cropped = decode_and_crop(image, lambda shape: center_crop_window(shape, image_size))
+                        half_pixel_centers: bool = False, max_pixels: int = MAX_IMAGE_PIXELS):
+    cropped = decode_and_crop(image, lambda shape: center_crop_window(shape, image_size),
+                              max_pixels)
     return resize(cropped, image_size, resize_method, half_pixel_centers)
 
 
 def preprocess_for_train(image, image_size: int, seed, *, resize_method: str = "bicubic",
-                         half_pixel_centers: bool = False, augment=None):
+                         half_pixel_centers: bool = False, augment=None,
+                         max_pixels: int = MAX_IMAGE_PIXELS):
     """Random crop, resize, flip, then `augment(uint8 image, seed) -> uint8 image` if given.
 
     As the reference: the fallback center crop is always resized bicubic (even for bilinear), and
@@ -123,7 +134,7 @@ def preprocess_for_train(image, image_size: int, seed, *, resize_method: str = "
     crop_seed, flip_seed, augment_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, num=3))
     cropped, fallback = _decode_and_crop(image, lambda shape: train_crop_window(
-        shape, image_size, sample_crop_window(shape, crop_seed)))
+        shape, image_size, sample_crop_window(shape, crop_seed)), max_pixels)
 
     def resize_crop(method):
         return resize(cropped, image_size, method, half_pixel_centers)
