@@ -172,9 +172,51 @@ class ImageNormalization(keras.layers.Layer):
         return {**super().get_config(), "mean": list(self.mean), "stddev": list(self.stddev)}
 
 
+class ReplicaSeedGenerator(keras.random.SeedGenerator):
+    """A SeedGenerator whose seeds differ between tf.distribute replicas.
+
+    Under a strategy the state is a mirrored variable, so every replica would draw the same seed,
+    hence the same dropout and stochastic-depth masks (the reference drew them independently per
+    TPU core). Folding the replica id into the drawn seed gives each replica its own stream, still
+    fixed by the one state, which advances as before. Outside a strategy, with one replica or on
+    other backends, the seeds are exactly SeedGenerator's.
+    """
+
+    def next(self, ordered=True):
+        seed = super().next(ordered=ordered)
+        if keras.backend.backend() != "tensorflow":
+            return seed  # replicas are a tf.distribute concept
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return seed
+        # fold_in takes int32 seeds only under XLA (TPU); cast as Keras' TF backend casts seeds.
+        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+        return tf.random.fold_in(seed, tf.cast(context.replica_id_in_sync_group, tf.int32))
+
+
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class ReplicaDropout(keras.layers.Dropout):
+    """keras.layers.Dropout with an independent mask on each replica (`ReplicaSeedGenerator`).
+
+    Still a Dropout (same config, and exporters drop it as the inference identity).
+    """
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        super().__init__(rate, noise_shape=noise_shape, seed=seed, **kwargs)
+        if self.rate > 0:
+            # Dropout has already made, tracked and locked in a plain SeedGenerator: retype it
+            # rather than add a second one, so the layer keeps its one seed state variable.
+            self.seed_generator.__class__ = ReplicaSeedGenerator
+
+
 @keras.saving.register_keras_serializable(package="efficientnet_tf")
 class StochasticDepth(keras.layers.Layer):
-    """Drops the whole residual branch per sample with probability `rate`, scaling survivors."""
+    """Drops the whole residual branch per sample with probability `rate`, scaling survivors.
+
+    Each replica draws its own samples' masks (`ReplicaSeedGenerator`), as the reference did.
+    """
 
     def __init__(self, rate: float, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -182,7 +224,7 @@ class StochasticDepth(keras.layers.Layer):
             raise ValueError(f"StochasticDepth rate={rate}: must be in [0, 1)")
         self.rate = float(rate)
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = ReplicaSeedGenerator(seed)
 
     def call(self, inputs, training=None):
         if not training or self.rate == 0.0:

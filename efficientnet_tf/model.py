@@ -8,7 +8,8 @@ import keras
 
 from efficientnet_tf import config as cfg
 from efficientnet_tf.layers import (CONV_KERNEL_INITIALIZER, DENSE_KERNEL_INITIALIZER,
-                                    ImageNormalization, MBConvBlock, batch_norm, get_activation)
+                                    ImageNormalization, MBConvBlock, ReplicaDropout, batch_norm,
+                                    get_activation)
 
 def resolve_config(phi=None, model_name=None, config=None, **overrides) -> cfg.ModelConfig:
     """Exactly one of phi / model_name / config picks the network (default: B0)."""
@@ -118,7 +119,7 @@ def build_model(phi=None, *, model_name=None, config=None, include_top=True, wei
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         if config.dropout_rate > 0:
-            x = keras.layers.Dropout(config.dropout_rate, name="top_dropout")(x)
+            x = ReplicaDropout(config.dropout_rate, name="top_dropout")(x)
         # Logits/probabilities stay float32 under mixed precision.
         x = keras.layers.Dense(
             config.num_classes, activation=classifier_activation,

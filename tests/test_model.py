@@ -8,7 +8,8 @@ import pytest
 
 from conftest import TINY
 from efficientnet_tf import config as cfg
-from efficientnet_tf.layers import ImageNormalization, MBConvBlock, SqueezeExcite, StochasticDepth
+from efficientnet_tf.layers import (ImageNormalization, MBConvBlock, ReplicaDropout,
+                                    ReplicaSeedGenerator, SqueezeExcite, StochasticDepth)
 from efficientnet_tf.model import build_feature_extractor, build_model
 
 
@@ -125,6 +126,31 @@ def test_stochastic_depth_drops_whole_samples():
         StochasticDepth(1.0)
 
 
+def test_random_layers_draw_as_keras_outside_a_strategy():
+    # Per-replica streams (test_replica_randomness.py) change nothing without replicas.
+    x = np.ones((64, 1, 1, 1), "float32")
+    drop_path = StochasticDepth(0.5, seed=3)
+    keep = np.floor(0.5 + keras.ops.convert_to_numpy(
+        keras.random.uniform((64, 1, 1, 1), seed=keras.random.SeedGenerator(3))))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(drop_path(x, training=True)),
+                                  keep * 2)
+    x = np.ones((4, 32), "float32")
+    ours, theirs = ReplicaDropout(0.3, seed=5), keras.layers.Dropout(0.3, seed=5)
+    for _ in range(2):  # the state advances as in keras.layers.Dropout
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours(x, training=True)),
+                                      keras.ops.convert_to_numpy(theirs(x, training=True)))
+
+
+def test_replica_dropout_is_a_dropout_with_one_seed_state():
+    layer = ReplicaDropout(0.3, noise_shape=(None, 1), seed=5, name="top_dropout")
+    assert isinstance(layer, keras.layers.Dropout)
+    assert isinstance(layer.seed_generator, ReplicaSeedGenerator)
+    assert [id(v) for v in layer.variables] == [id(layer.seed_generator.state)]
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert type(clone) is ReplicaDropout and clone.get_config() == layer.get_config()
+    assert isinstance(StochasticDepth(0.1).seed_generator, ReplicaSeedGenerator)
+
+
 def test_squeeze_excite_uses_block_input_channels():
     block = MBConvBlock(16, 24, kernel_size=3, strides=2, expand_ratio=6, se_ratio=0.25, name="b")
     out = block(np.zeros((1, 8, 8, 16), "float32"))
@@ -228,6 +254,7 @@ def test_keras_save_load_round_trip(tmp_path):
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), m.predict(x, verbose=0), atol=1e-6)
     assert [lay.name for lay in loaded.layers] == [lay.name for lay in m.layers]
+    assert type(loaded.get_layer("top_dropout")) is ReplicaDropout
 
 
 def test_bn_group_size_reaches_every_batch_norm():
