@@ -1,14 +1,16 @@
 """Pipeline contracts: batch formats, exact eval coverage with padding weights, corrupt records
-(skipped and counted in training, an error in eval), label checks, mixing, learnable synthetic."""
+(skipped, counted and named in training, an error in eval), label checks, mixing, no Python ops,
+learnable synthetic."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnet_tf.data import (DataConfig, SkipCounter, build_dataset, eval_steps,
-                                  get_dataset_info, steps_per_epoch)
+from efficientnet_tf.data import (DataConfig, build_dataset, eval_steps, get_dataset_info,
+                                  steps_per_epoch)
 from efficientnet_tf.data import tfrecord
 from efficientnet_tf.data.testing import encode, natural_image, write_image_tfrecords
 
@@ -87,23 +89,47 @@ def test_input_pipelines_split_the_data(tmp_path):
     assert sorted(evaluated) == list(range(7))
 
 
-def test_corrupt_training_records_are_skipped_counted_and_named(corrupt_dir, caplog):
-    config = DataConfig(dataset="imagenet", data_dir=corrupt_dir, shuffle_buffer_size=4)
-    counter = SkipCounter()
-    epochs = 5
-    ds = build_dataset(config, "train", 2, image_size=16, skip_counter=counter)
-    with caplog.at_level("WARNING", logger="efficientnet_tf.data.pipeline"):
-        labels = [y.numpy() for _, y in ds.take(epochs * GOOD // 2)]
-    assert set(np.concatenate(labels)) == {0, 1}
-    # Each skipped record is named exactly (the bad ones are records 6, 7 and 8 of the shard).
-    named = {m.rsplit(":", 1)[-1] for m in caplog.messages if "Skipped an undecodable" in m}
-    assert named == {"6", "7", "8"}, caplog.messages
-    bad_per_epoch = BAD_IMAGES + BAD_PROTOS
-    # Every consumed epoch's bad records are counted, except those still waiting in the record
-    # shuffle buffer (it spans epoch boundaries); prefetching may run up to 2 epochs ahead.
-    at_least = epochs * bad_per_epoch - config.shuffle_buffer_size
-    assert at_least <= counter.count <= (epochs + 2) * bad_per_epoch
-    assert counter.reset() >= at_least and counter.count == 0
+def skip_logs(stderr):
+    """(number so far, record name) of each skipped record the pipeline named on stderr."""
+    found = re.findall(r"Skipped an undecodable training record \((\d+) so far in input "
+                       r"pipeline 0\): (.*)", stderr)
+    return [(int(n), name) for n, name in found]
+
+
+def test_corrupt_training_records_are_skipped_counted_and_named(corrupt_dir, capfd):
+    # In file order (no shuffle): each epoch is 6 good records, then the 3 bad ones.
+    config = DataConfig(dataset="imagenet", data_dir=corrupt_dir, shuffle_buffer_size=1)
+    ds = build_dataset(config, "train", 2, image_size=16, count_skipped=True)
+    batches = list(ds.take(5 * GOOD // 2))
+    assert set(np.concatenate([y.numpy() for _, y, _ in batches])) == {0, 1}
+    # Each batch counts the records skipped before its examples: the 3 bad ones, exactly, in
+    # the first batch of every later epoch.
+    bad = BAD_IMAGES + BAD_PROTOS
+    assert [int(s) for _, _, s in batches] == [0, 0, 0] + [bad, 0, 0] * 4
+    # Each skipped record is named on stderr (the bad ones are records 6, 7 and 8 of the shard),
+    # numbered; prefetching may have run a little ahead of the batches taken.
+    logged = skip_logs(capfd.readouterr().err)
+    assert [n for n, _ in logged][:4 * bad] == list(range(1, 4 * bad + 1)), logged
+    assert {name.rsplit(":", 1)[-1] for _, name in logged} == {"6", "7", "8"}
+
+
+def test_skipped_records_are_named_first_20_then_every_100th(tmp_path, capfd):
+    """Many bad records: the log stays short (numbers 1..20, then 100, 200, ...)."""
+    root = str(tmp_path)
+    write_image_tfrecords(root, "validation", jpegs(1), [0], num_shards=1)
+    with tf.io.TFRecordWriter(f"{root}/{tfrecord.shard_name('train', 0, 1)}") as writer:
+        writer.write(tfrecord.make_example(jpegs(1)[0], label=1, height=36, width=44,
+                                           filename="0.jpg", synset="s", text="t")
+                     .SerializeToString())
+        for _ in range(59):
+            writer.write(b"not an Example")
+    config = DataConfig(dataset="imagenet", data_dir=root, shuffle_buffer_size=1)
+    ds = build_dataset(config, "train", 3, image_size=16, count_skipped=True)
+    _, _, skipped = next(iter(ds))
+    assert int(skipped) == 2 * 59  # before the 2nd and 3rd copies of the one good record
+    numbers = [n for n, _ in skip_logs(capfd.readouterr().err)]
+    assert numbers[:21] == [*range(1, 21), 100], numbers
+    assert all(n % 100 == 0 for n in numbers[21:]), numbers
 
 
 def test_corrupt_eval_record_is_an_error_naming_it(corrupt_dir):
@@ -119,7 +145,7 @@ def truncate_last_record(path):
         f.write(data[:-100])
 
 
-def test_truncated_training_file_is_skipped_and_counted(tmp_path, caplog):
+def test_truncated_training_file_is_skipped_and_counted(tmp_path, capfd):
     """A read error (not a decode error) is counted too: the file ends early every epoch."""
     root = str(tmp_path)
     files = write_image_tfrecords(root, "train", jpegs(8), [i % 2 for i in range(8)], num_shards=2)
@@ -129,13 +155,12 @@ def test_truncated_training_file_is_skipped_and_counted(tmp_path, caplog):
     with open(os.path.join(root, tfrecord.METADATA_FILE), "w") as f:  # sizes without counting
         json.dump({"format": tfrecord.METADATA_FORMAT, "dataset": "imagenet", "num_classes": 2,
                    "class_names": ["a", "b"], "shard_counts": counts}, f)
-    counter = SkipCounter()
     ds = build_dataset(DataConfig(dataset="imagenet", data_dir=root), "train", 2, image_size=16,
-                       skip_counter=counter)
-    with caplog.at_level("WARNING", logger="efficientnet_tf.data.pipeline"):
-        batches = list(ds.take(14))  # 28 examples: at least 3 epochs of 7 readable records
-    assert len(batches) == 14 and counter.count >= 3
-    assert any("could not be read (corrupt or truncated" in m for m in caplog.messages)
+                       count_skipped=True)
+    batches = list(ds.take(14))  # 28 examples: at least 3 epochs of 7 readable records
+    assert len(batches) == 14 and sum(int(s) for _, _, s in batches) >= 3
+    assert any("could not be read (corrupt or truncated" in name
+               for _, name in skip_logs(capfd.readouterr().err))
 
 
 def test_counting_records_names_a_truncated_file(tmp_path):
@@ -171,20 +196,46 @@ def test_labels_outside_num_classes_are_an_error(tmp_path):
         get_dataset_info(config.replace(num_classes=None))
 
 
-def test_mixing_yields_one_hot_labels_in_train_and_eval(records_dir):
+def test_mixing_yields_one_hot_labels_in_training_only(records_dir):
     config = DataConfig(dataset="imagenet", data_dir=records_dir, num_classes=1000,
                         mixup_alpha=0.4, cutmix_alpha=1.0)
     images, labels = next(iter(build_dataset(config, "train", 4, image_size=24)))
     assert labels.shape == (4, 1000) and labels.dtype == tf.float32
     np.testing.assert_allclose(labels.numpy().sum(1), 1.0, atol=1e-5)
     assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
+    # Eval is never mixed: sparse labels, as the eval step's top-k needs.
     _, eval_y, _ = next(iter(build_dataset(config, "eval", 4, image_size=24)))
-    assert eval_y.shape == (4, 1000)
+    assert eval_y.shape == (4,) and eval_y.dtype == tf.int32
+    _, eval_onehot, _ = next(iter(build_dataset(config, "eval", 4, image_size=24, one_hot=True)))
+    assert eval_onehot.shape == (4, 1000)
     sparse = DataConfig(dataset="imagenet", data_dir=records_dir)
     _, onehot = next(iter(build_dataset(sparse, "train", 4, image_size=24, one_hot=True)))
     assert onehot.shape == (4, 1000)
     with pytest.raises(ValueError, match="need one-hot labels"):
         build_dataset(config, "train", 4, image_size=24, one_hot=False)
+
+
+def op_types(ds):
+    """Every op type in a dataset's serialized graph, function library included."""
+    graph = tf.compat.v1.GraphDef.FromString(ds._as_serialized_graph().numpy())
+    return {node.op for node in graph.node} | {
+        node.op for function in graph.library.function for node in function.node_def}
+
+
+@pytest.mark.parametrize("dataset", ["imagenet", "synthetic"])
+def test_pipelines_run_no_python(records_dir, dataset):
+    """Multi-host TPU slices run the pipelines where there is no Python interpreter: no PyFunc
+    (tf.py_function, tf.numpy_function, from_generator) in training, corrupt-record counting,
+    augmentation (real data only: it is slow to build) and mixing included, or in eval."""
+    source = (dict(data_dir=records_dir, augment_name="randaugment") if dataset == "imagenet"
+              else dict(synthetic_train_size=16, synthetic_eval_size=8))
+    config = DataConfig(dataset=dataset, mixup_alpha=0.2, cutmix_alpha=1.0, **source)
+    train = build_dataset(config, "train", 4, image_size=16, count_skipped=True)
+    evaluation = build_dataset(config, "eval", 4, image_size=16)
+    for ds in (train, evaluation):
+        ops = op_types(ds)
+        assert "ParallelMapDatasetV2" in ops and "ScanDataset" in ops  # the walk sees the maps
+        assert not {op for op in ops if "PyFunc" in op}
 
 
 def test_deterministic_training_pipeline_repeats_exactly(records_dir):

@@ -130,6 +130,6 @@ class DataConfig(ConfigMixin):
 
     @property
     def mixes_labels(self) -> bool:
-        """Mixup/cutmix produce soft labels, so the pipeline then yields one-hot labels."""
+        """Mixup/cutmix produce soft labels, so the training pipeline then yields one-hot labels."""
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
