@@ -25,7 +25,7 @@ def _strategy():
                                    num_gpus=FLAGS.num_gpus)
 
 
-def _trainer():
+def _trainer(training: bool = True):
     from efficientnet_tf.training.trainer import Trainer
 
     cli_flags.require(FLAGS, "model_dir")
@@ -34,7 +34,7 @@ def _trainer():
     print(f"{experiment.model.name} at {experiment.model.resolution}px on "
           f"{experiment.data.dataset} ({strategy.num_replicas_in_sync} replica(s), "
           f"{type(strategy).__name__})", flush=True)
-    return Trainer(experiment, strategy)
+    return Trainer(experiment, strategy, training=training)
 
 
 def run_train(evaluate=False):
@@ -53,7 +53,7 @@ def run_eval():
     from efficientnet_tf.files import write_json_atomic
     from efficientnet_tf.training.trainer import EVAL_RESULTS_FILE
 
-    trainer = _trainer()
+    trainer = _trainer(training=False)
     source = trainer.restore_for_eval()
     print(f"Evaluating {source}", flush=True)
     result = trainer.evaluate()
@@ -254,6 +254,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
+        problems = cli_flags.unused_flags(FLAGS)
+        if problems:
+            raise flags.ValidationError("; ".join(problems) + ".")
         MODE_RUNNERS[FLAGS.mode]()
     except Exception as e:  # noqa: BLE001 - user errors become one line, bugs keep tracebacks
         if not _is_user_error(e):

@@ -1,6 +1,7 @@
 """Training engine through main.py: strategies, resume, eval, fine-tuning, EMA in eval."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,9 +13,11 @@ import pytest
 
 from conftest import REPO_ROOT, run_main
 
-TINY_FLAGS = ("--dataset=synthetic", "--model=efficientnet-b0", "--width_coefficient=0.25",
-              "--depth_coefficient=0.2", "--image_size=32", "--synthetic_train_size=64",
-              "--synthetic_eval_size=24", "--train_batch_size=8", "--eval_batch_size=8")
+# What eval uses; training adds the train split's size and batch (eval refuses those flags).
+EVAL_FLAGS = ("--dataset=synthetic", "--model=efficientnet-b0", "--width_coefficient=0.25",
+              "--depth_coefficient=0.2", "--image_size=32", "--synthetic_eval_size=24",
+              "--eval_batch_size=8")
+TINY_FLAGS = EVAL_FLAGS + ("--synthetic_train_size=64", "--train_batch_size=8")
 
 
 def _latest_step(model_dir):
@@ -24,9 +27,10 @@ def _latest_step(model_dir):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
+    """With mixup: its one-hot labels are for training only (eval's top-k takes sparse ones)."""
     model_dir = tmp_path_factory.mktemp("run")
     proc = run_main("--mode=train_and_eval", *TINY_FLAGS, "--train_steps=4", "--steps_per_eval=2",
-                    "--steps_per_loop=2", f"--model_dir={model_dir}")
+                    "--steps_per_loop=2", "--mixup_alpha=0.2", f"--model_dir={model_dir}")
     return model_dir, proc
 
 
@@ -52,11 +56,11 @@ def test_eval_mode_latest_checkpoint_and_weights(trained_run, tmp_path):
     model_dir, _ = trained_run
     before = json.loads((model_dir / "eval_results.json").read_text())
     (model_dir / "eval_results.json").unlink()
-    proc = run_main("--mode=eval", *TINY_FLAGS, f"--model_dir={model_dir}")
+    proc = run_main("--mode=eval", *EVAL_FLAGS, f"--model_dir={model_dir}")
     after = json.loads((model_dir / "eval_results.json").read_text())
     assert after == before   # same EMA weights, same eval split, deterministic eval
     other = tmp_path / "eval_only"
-    proc = run_main("--mode=eval", *TINY_FLAGS, f"--model_dir={other}",
+    proc = run_main("--mode=eval", *EVAL_FLAGS, f"--model_dir={other}",
                     f"--weights={model_dir / 'best.weights.h5'}")
     from_file = json.loads((other / "eval_results.json").read_text())
     best = json.loads((model_dir / "best_eval_results.json").read_text())
@@ -64,8 +68,64 @@ def test_eval_mode_latest_checkpoint_and_weights(trained_run, tmp_path):
     assert "best.weights.h5" in proc.stdout
 
 
+def corrupt_tfrecords(root, good=4, bad=8, num_eval=12):
+    """An ImageNet-format dir of 4 classes: a train shard of `good` JPEGs, then `bad` truncated
+    ones; a clean validation shard (eval refuses corrupt records)."""
+    import tensorflow as tf
+    from efficientnet_tf.data import tfrecord
+    from efficientnet_tf.data.testing import encode, natural_image, write_image_tfrecords
+
+    write_image_tfrecords(root, "validation", [encode(natural_image(36, 44, seed=i))
+                                               for i in range(num_eval)],
+                          [i % 4 for i in range(num_eval)], num_shards=1)
+    train = tfrecord.shard_name("train", 0, 1)
+    with tf.io.TFRecordWriter(os.path.join(root, train)) as writer:
+        for i in range(good + bad):
+            image = encode(natural_image(36, 44, seed=100 + i))
+            writer.write(tfrecord.make_example(image if i < good else image[:100], label=1 + i % 4,
+                                               height=36, width=44, filename=f"{i}.jpg",
+                                               synset="s", text="t").SerializeToString())
+    with open(os.path.join(root, tfrecord.METADATA_FILE), "w") as f:
+        json.dump({"format": tfrecord.METADATA_FORMAT, "dataset": "imagenet", "num_classes": 4,
+                   "class_names": list("abcd"), "shard_counts": {
+                       train: good + bad, tfrecord.shard_name("validation", 0, 1): num_eval}},
+                  f)
+
+
+def _scalars(log_dir, tag):
+    import tensorflow as tf
+    return [(e.step, float(tf.make_ndarray(v.tensor)))
+            for path in log_dir.glob("events.out.tfevents*")
+            for e in tf.compat.v1.train.summary_iterator(str(path))
+            for v in e.summary.value if v.tag == tag]
+
+
+def test_cutmix_run_skips_counts_and_names_corrupt_training_records(tmp_path):
+    """Corrupt training records are skipped, counted across the replicas' batches, reported at
+    the checkpoint (stdout, TensorBoard) and named on stderr; cutmix trains with one-hot labels
+    while eval's top-k gets sparse ones, every eval example counted."""
+    data_dir, model_dir = tmp_path / "data", tmp_path / "run"
+    data_dir.mkdir()
+    corrupt_tfrecords(str(data_dir))
+    tiny = [f for f in TINY_FLAGS if not f.startswith(("--dataset", "--synthetic"))]
+    proc = run_main("--mode=train_and_eval", *tiny, "--dataset=imagenet", f"--data_dir={data_dir}",
+                    "--cutmix_alpha=1.0", "--train_steps=2", "--steps_per_eval=2",
+                    "--steps_per_loop=1", f"--model_dir={model_dir}")
+    report = re.findall(r"Skipped (\d+) corrupt/undecodable training record\(s\) since the last "
+                        r"checkpoint \((\d+) in this run\)", proc.stdout)
+    # 16 good records took at least 4 epochs of input, through a 12-record shuffle buffer.
+    assert len(report) == 1 and report[0][0] == report[0][1], proc.stdout
+    assert int(report[0][0]) >= 8, proc.stdout
+    assert _scalars(model_dir / "train", "skipped_examples") == [(2, int(report[0][0]))]
+    named = re.findall(r"Skipped an undecodable training record \(\d+ so far in input "
+                       r"pipeline 0\): .*train-00000-of-00001:(\d+)", proc.stderr)
+    assert named and {int(i) for i in named} <= set(range(4, 12)), proc.stderr[-3000:]
+    results = json.loads((model_dir / "eval_results.json").read_text())
+    assert results["num_examples"] == 12 and results["step"] == 2
+
+
 def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
-    proc = run_main("--mode=eval", *TINY_FLAGS, f"--model_dir={tmp_path}", check=False)
+    proc = run_main("--mode=eval", *EVAL_FLAGS, f"--model_dir={tmp_path}", check=False)
     assert proc.returncode == 2
     assert "No checkpoint in --model_dir" in proc.stderr
 
@@ -83,10 +143,10 @@ def test_eval_refuses_flags_that_would_score_other_weights(trained_run):
     """Eval builds from flags: a different EMA setting or model than the run's config.json would
     evaluate the EMA's initial values, the raw weights or a partial restore; it is refused."""
     model_dir, _ = trained_run
-    proc = run_main("--mode=eval", *TINY_FLAGS, "--moving_average_decay=0",
+    proc = run_main("--mode=eval", *EVAL_FLAGS, "--moving_average_decay=0",
                     f"--model_dir={model_dir}", check=False)
     assert proc.returncode == 2 and "trained with --moving_average_decay=0.9999" in proc.stderr
-    flags = [f for f in TINY_FLAGS if not f.startswith("--width")]
+    flags = [f for f in EVAL_FLAGS if not f.startswith("--width")]
     proc = run_main("--mode=eval", *flags, "--width_coefficient=0.5", f"--model_dir={model_dir}",
                     check=False)
     assert proc.returncode == 2 and "cannot be evaluated" in proc.stderr
@@ -257,3 +317,78 @@ def test_end_to_end_learns_and_eval_uses_ema(tmp_path):
     with trainer.ema.averaged_weights():
         assert accuracy() == pytest.approx(results["top_1"])
     keras.backend.clear_session()
+
+
+def _copy_run(trained_run, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    return run
+
+
+def _files(directory):
+    import hashlib
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(trained_run, tmp_path):
+    run = _copy_run(trained_run, tmp_path)
+    newest = next(run.glob("ckpt-4.data-*"))
+    newest.write_bytes(newest.read_bytes()[:100])  # a partial copy
+    proc = run_main("--mode=train", *TINY_FLAGS, "--mixup_alpha=0.2", "--train_steps=6",
+                    "--steps_per_eval=2", "--steps_per_loop=2", f"--model_dir={run}")
+    assert "Checkpoint" in proc.stderr and "ckpt-4 is unreadable" in proc.stderr
+    assert "Resumed from" in proc.stderr and "ckpt-2 at step 2" in proc.stderr
+    assert _latest_step(run) == 6
+    assert (run / f"{newest.name}.unreadable").exists()  # set aside, not deleted
+
+
+def test_all_checkpoints_corrupt_is_an_error_that_changes_nothing(trained_run, tmp_path):
+    run = _copy_run(trained_run, tmp_path)
+    for data in run.glob("ckpt-*.data-*"):
+        data.write_bytes(data.read_bytes()[:100])
+    before = _files(run)
+    proc = run_main("--mode=train", *TINY_FLAGS, "--mixup_alpha=0.2", "--train_steps=6",
+                    f"--model_dir={run}", check=False)
+    assert proc.returncode == 2
+    assert "No readable checkpoint" in proc.stderr and "ckpt-2" in proc.stderr
+    assert _files(run) == before
+
+
+def test_second_trainer_on_a_live_run_refuses_and_a_dead_ones_lock_is_taken_over(
+        trained_run, tmp_path):
+    import socket
+    import subprocess
+    run = _copy_run(trained_run, tmp_path)
+    lock = run / "train.lock"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": live.pid,
+                                    "refreshed": 0}))
+        before = _files(run)
+        proc = run_main("--mode=train", *TINY_FLAGS, "--train_steps=4", f"--model_dir={run}",
+                        check=False)
+        assert proc.returncode == 2 and "another training process" in proc.stderr
+        assert f"pid {live.pid}" in proc.stderr and _files(run) == before
+    finally:
+        live.kill()
+        live.wait()
+    proc = run_main("--mode=train", *TINY_FLAGS, "--mixup_alpha=0.2", "--train_steps=4",
+                    f"--model_dir={run}")  # the holder is gone now: taken over, then released
+    assert "Taking over" in proc.stderr and not lock.exists()
+
+
+def test_eval_of_weights_on_a_validation_only_directory(trained_run, tmp_path):
+    from efficientnet_tf.data.testing import encode, natural_image, write_image_tfrecords
+
+    data_dir = tmp_path / "val_only"
+    images = [encode(natural_image(40, 48, seed=i)) for i in range(5)]
+    write_image_tfrecords(str(data_dir), "validation", images, [i % 10 for i in range(5)], 1)
+    weights = trained_run[0] / "best.weights.h5"
+    proc = run_main("--mode=eval", "--dataset=folder", f"--data_dir={data_dir}",
+                    "--num_classes=10", "--model=efficientnet-b0", "--width_coefficient=0.25",
+                    "--depth_coefficient=0.2", "--image_size=32", "--eval_batch_size=2",
+                    f"--weights={weights}", f"--model_dir={tmp_path / 'eval'}")
+    result = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert result["num_examples"] == 5, proc.stdout

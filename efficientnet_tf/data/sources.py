@@ -214,14 +214,15 @@ class TFRecordSource(Source):
 
     def __init__(self, config: DataConfig):
         data_dir = config.data_dir
+        # A directory of validation shards alone is enough to evaluate: train_size is then 0.
         train = tfrecord.list_shards(data_dir, tfrecord.TRAIN_PREFIX)
-        if not train:
+        if not train and not tfrecord.list_shards(data_dir, tfrecord.EVAL_PREFIX):
             hint = ("Convert the source files with --mode=prepare first."
                     if config.dataset in PREPARE_DATASETS else
                     "Point data_dir at the TFRecord directory, or at a prepared TFDS data_dir.")
             raise FileNotFoundError(
                 f"No ImageNet-format TFRecords in data_dir {data_dir!r}: nothing matches "
-                f"'{os.path.join(data_dir, 'train-*-of-*')}'. {hint}")
+                f"'{os.path.join(data_dir, 'train-*-of-*')}' or 'validation-*-of-*'. {hint}")
         holdout = config.holdout_shards
         if holdout:
             if holdout >= len(train):
@@ -367,7 +368,8 @@ def resolve_source(config: DataConfig) -> Source:
                                 "or is not a directory.")
     if not tf.io.gfile.listdir(data_dir):
         raise FileNotFoundError(f"data_dir {data_dir!r} (dataset {config.dataset!r}) is empty.")
-    has_records = tfrecord.has_shards(data_dir)
+    has_records = (tfrecord.has_shards(data_dir)
+                   or tfrecord.has_shards(data_dir, tfrecord.EVAL_PREFIX))
     use_tfds = config.tfds if config.tfds is not None else (
         not has_records and config.dataset in TFDS_BUILDERS and config.dataset not in PREPARE_DATASETS)
     if use_tfds:

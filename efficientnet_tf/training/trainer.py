@@ -25,6 +25,7 @@ from efficientnet_tf.model import build_model
 from efficientnet_tf.weights import save_weights_atomic
 from efficientnet_tf.training.ema import ExponentialMovingAverage
 from efficientnet_tf.training.optimizer import build_optimizer
+from efficientnet_tf.training.run_dir import RunLock, newest_readable_checkpoint
 from efficientnet_tf.training.regularization import classification_loss, l2_loss
 from efficientnet_tf.training.schedules import build_lr_schedule
 
@@ -37,10 +38,15 @@ BEST_RESULTS_FILE = "best_eval_results.json"
 class Trainer:
     """Owns the model, optimizer, EMA and checkpoints of one run under one strategy."""
 
-    def __init__(self, experiment: ExperimentConfig, strategy: tf.distribute.Strategy):
+    def __init__(self, experiment: ExperimentConfig, strategy: tf.distribute.Strategy, *,
+                 training: bool = True):
+        """training=False: for evaluation only; the train split and batch size are not used
+        (a directory holding only the validation split is enough)."""
         self.experiment = experiment
         self.strategy = strategy
         train = experiment.train
+        if train.seed is not None:
+            keras.utils.set_random_seed(train.seed)  # initialization, dropout, drop-path
         self.info = data_lib.get_dataset_info(experiment.data)
         self.num_classes = experiment.model.num_classes
         if self.num_classes != self.info.num_classes:
@@ -49,16 +55,16 @@ class Trainer:
                 f"{self.info.num_classes} classes")
         self.image_size = experiment.model.resolution
         self.global_batch = train.train_batch_size
-        data_lib.steps_per_epoch(self.info, self.global_batch)  # at least one full batch
-        # As the reference: a fractional epoch (train images / batch) for the LR schedule, and
-        # --train_epochs as int(epochs * that) steps (350 ImageNet epochs at 2048: 218949).
-        self.steps_per_epoch = self.info.train_size / self.global_batch
-        if train.train_steps is not None:
-            self.total_steps = train.train_steps
-        elif train.train_epochs is not None:
-            self.total_steps = max(1, int(train.train_epochs * self.steps_per_epoch))
-        else:
-            self.total_steps = None
+        self.total_steps = None
+        if training:
+            data_lib.steps_per_epoch(self.info, self.global_batch)  # at least one full batch
+            # As the reference: a fractional epoch (train images / batch) for the LR schedule,
+            # and --train_epochs as int(epochs * that) steps (350 ImageNet epochs at 2048: 218949).
+            self.steps_per_epoch = self.info.train_size / self.global_batch
+            if train.train_steps is not None:
+                self.total_steps = train.train_steps
+            elif train.train_epochs is not None:
+                self.total_steps = max(1, int(train.train_epochs * self.steps_per_epoch))
         self.model_dir = train.model_dir
         if not self.model_dir:
             raise ValueError("--model_dir is required: checkpoints, config.json and "
@@ -72,11 +78,16 @@ class Trainer:
         with strategy.scope():
             self.model = build_model(config=experiment.model, classifier_activation=None)
             self._apply_freezing()
-            self.lr_schedule = build_lr_schedule(
-                train.lr_schedule, train.base_learning_rate, self.global_batch,
-                self.steps_per_epoch, self.total_steps or 1, warmup_epochs=train.lr_warmup_epochs,
-                decay_epochs=train.lr_decay_epoch, decay_factor=train.lr_decay_factor,
-                continuous_warmup=train.lr_continuous_warmup)
+            if training:
+                self.lr_schedule = build_lr_schedule(
+                    train.lr_schedule, train.base_learning_rate, self.global_batch,
+                    self.steps_per_epoch, self.total_steps or 1,
+                    warmup_epochs=train.lr_warmup_epochs, decay_epochs=train.lr_decay_epoch,
+                    decay_factor=train.lr_decay_factor,
+                    continuous_warmup=train.lr_continuous_warmup)
+            else:  # eval restores weights and step only; still a schedule (same checkpoint shape)
+                self.lr_schedule = build_lr_schedule("constant", train.base_learning_rate,
+                                                     self.global_batch, None, 1, warmup_epochs=0)
             self.optimizer = build_optimizer(
                 self.lr_schedule, optimizer=train.optimizer, mixed_precision=self.precision,
                 lars_weight_decay=train.lars_weight_decay, lars_epsilon=train.lars_epsilon)
@@ -88,14 +99,8 @@ class Trainer:
             objects["ema"] = self.ema
         self.checkpoint = tf.train.Checkpoint(**objects)
         self.is_chief = is_chief(strategy)
-        # Every worker saves (saving can need collectives); only the chief's copy is kept.
-        save_dir = (self.model_dir if self.is_chief else
-                    os.path.join(self.model_dir, f".worker_{strategy.cluster_resolver.task_id}"))
-        self.manager = tf.train.CheckpointManager(self.checkpoint, save_dir,
-                                                  max_to_keep=train.keep_checkpoint_max)
         self._train_loop = None
         self._eval_step = None
-        self.skip_counter = data_lib.SkipCounter()
         self.skipped_examples = 0
 
     # --- setup -------------------------------------------------------------------------------
@@ -116,8 +121,12 @@ class Trainer:
         return int(self.optimizer.iterations.numpy())
 
     def restore_or_initialize(self) -> int:
-        """Resume from the latest checkpoint, else start from --weights (if any). Returns step."""
-        latest = tf.train.latest_checkpoint(self.model_dir)
+        """Resume from the newest readable checkpoint, else start from --weights (if any).
+
+        Unreadable newer checkpoints are set aside with a warning (run_dir); with checkpoints
+        present but none readable this raises rather than start over them. Returns the step.
+        """
+        latest = newest_readable_checkpoint(self.model_dir, set_aside=self.is_chief)
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             logging.info("Resumed from %s at step %d", latest, self.step)
@@ -138,7 +147,7 @@ class Trainer:
             weights_lib.load_weights(self.model, self.experiment.train.weights)
             self.ema = None
             return self.experiment.train.weights
-        latest = tf.train.latest_checkpoint(self.model_dir)
+        latest = newest_readable_checkpoint(self.model_dir, set_aside=False)
         if not latest:
             raise FileNotFoundError(f"No checkpoint in --model_dir={self.model_dir} and no "
                                     "--weights given: nothing to evaluate.")
@@ -168,15 +177,17 @@ class Trainer:
                 f"this run's flags; checkpoints in --model_dir={self.model_dir} cannot be "
                 f"{action} with it. Use a new --model_dir or the same model flags.")
 
-    def write_config(self):
-        """config.json next to the checkpoints; a different model there is refused, not mixed."""
-        if not self.is_chief:
-            return
-        tf.io.gfile.makedirs(self.model_dir)
+    def check_resumable(self):
+        """A different model than the checkpoints' in model_dir is refused, not mixed."""
         saved = self._saved_config()
         if saved is not None and tf.train.latest_checkpoint(self.model_dir):
             self._require_same_model(saved, "resumed")
-        write_json_atomic(os.path.join(self.model_dir, CONFIG_FILE), self.experiment.to_dict())
+
+    def write_config(self):
+        """config.json next to the checkpoints (after a successful restore: a failed resume
+        leaves the directory as it was)."""
+        if self.is_chief:
+            write_json_atomic(os.path.join(self.model_dir, CONFIG_FILE), self.experiment.to_dict())
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -187,7 +198,7 @@ class Trainer:
         global_batch = self.global_batch
         replicas = strategy.num_replicas_in_sync
 
-        def step_fn(images, labels):
+        def step_fn(images, labels, skipped):
             with tf.GradientTape() as tape:
                 logits = model(images, training=True)
                 per_example = classification_loss(labels, logits, num_classes,
@@ -203,14 +214,16 @@ class Trainer:
             target = labels if labels.shape.rank == 1 else tf.argmax(labels, axis=-1)
             correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
                                        tf.cast(target, tf.int32)), tf.float32)
-            return loss, tf.reduce_sum(correct), tf.cast(tf.shape(correct)[0], tf.float32)
+            return (loss, tf.reduce_sum(correct), tf.cast(tf.shape(correct)[0], tf.float32),
+                    tf.cast(skipped, tf.float32))
 
         @tf.function
         def train_loop(iterator, num_steps):
-            sums = tf.zeros([3])
+            """Sums of (loss, correct, examples, skipped corrupt records) over the steps."""
+            sums = tf.zeros([4])
             for _ in tf.range(num_steps):
-                images, labels = next(iterator)
-                out = strategy.run(step_fn, args=(images, labels))
+                images, labels, skipped = next(iterator)
+                out = strategy.run(step_fn, args=(images, labels, skipped))
                 sums += tf.stack([strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                                   for v in out])
             return sums
@@ -240,19 +253,36 @@ class Trainer:
     # --- loops -------------------------------------------------------------------------------
 
     def train(self, evaluate_every_checkpoint: bool = False) -> dict:
-        """Train to the configured total step, checkpointing every --steps_per_eval steps."""
-        train = self.experiment.train
+        """Train to the configured total step, checkpointing every --steps_per_eval steps.
+
+        The chief holds `model_dir`'s lock meanwhile: a second training process there refuses.
+        """
         if self.total_steps is None:
             raise ValueError("Pass --train_steps or --train_epochs.")
-        self.write_config()
+        if not self.is_chief:
+            return self._train(evaluate_every_checkpoint, lock=None)
+        tf.io.gfile.makedirs(self.model_dir)
+        with RunLock(self.model_dir) as lock:
+            return self._train(evaluate_every_checkpoint, lock)
+
+    def _train(self, evaluate_every_checkpoint: bool, lock: RunLock | None) -> dict:
+        train = self.experiment.train
+        self.check_resumable()
         step = self.restore_or_initialize()
+        self.write_config()
+        # After the restore, which may have set unreadable checkpoints aside. Every worker saves
+        # (saving can need collectives); only the chief's copy is kept.
+        save_dir = (self.model_dir if self.is_chief else os.path.join(
+            self.model_dir, f".worker_{self.strategy.cluster_resolver.task_id}"))
+        manager = tf.train.CheckpointManager(self.checkpoint, save_dir,
+                                             max_to_keep=train.keep_checkpoint_max)
         if step >= self.total_steps:
             logging.info("Already at step %d >= %d: nothing to train.", step, self.total_steps)
             return {"step": step}
         data = self.experiment.data
         dataset = data_lib.distributed_dataset(
             self.strategy, data, "train", self.global_batch, image_size=self.image_size,
-            is_training=True, skip_counter=self.skip_counter)
+            is_training=True, count_skipped=True)
         iterator = iter(dataset)
         if self._train_loop is None:
             self._train_loop = self._build_train_loop()
@@ -261,6 +291,7 @@ class Trainer:
             self._write_input_images(writer)
         progress = _Progress(self.total_steps, step)
         last_eval = {}
+        skipped = 0
         while step < self.total_steps:
             next_stop = min(self.total_steps,
                             (step // train.steps_per_eval + 1) * train.steps_per_eval)
@@ -270,6 +301,7 @@ class Trainer:
                 sums = self._train_loop(iterator, tf.constant(n, tf.int32)).numpy()
                 elapsed = time.time() - start
                 step = self.step
+                skipped += int(sums[3])
                 metrics = {"loss": sums[0] / n, "top_1": sums[1] / max(sums[2], 1.0),
                            "learning_rate": float(self.lr_schedule(step - 1)),
                            "images_per_sec": self.global_batch * n / max(elapsed, 1e-9)}
@@ -277,26 +309,29 @@ class Trainer:
                     for name, value in metrics.items():
                         tf.summary.scalar(name, value)
                 progress.update(step, metrics)
-            path = self.manager.save(checkpoint_number=step)
-            if self.is_chief:
+            path = manager.save(checkpoint_number=step)
+            if lock is not None:
                 logging.info("Saved checkpoint %s", path)
+                lock.refresh()
             else:
-                tf.io.gfile.rmtree(self.manager.directory)
-            self._report_skipped(writer, step)
+                tf.io.gfile.rmtree(manager.directory)
+            self._report_skipped(writer, step, skipped)
+            skipped = 0
             if evaluate_every_checkpoint:
                 last_eval = self.evaluate_and_record()
         writer.flush()
         logging.info("Weights fingerprint at step %d: %.10e", step, self.weights_fingerprint())
         return {"step": step, "skipped_examples": self.skipped_examples, **last_eval}
 
-    def _report_skipped(self, writer, step):
-        skipped = self.skip_counter.reset()
+    def _report_skipped(self, writer, step, skipped):
+        """`skipped`: corrupt training records skipped by all input pipelines since the last
+        checkpoint (counted in the batches; the pipelines name them on stderr)."""
         self.skipped_examples += skipped
         with writer.as_default(step=step):
             tf.summary.scalar("skipped_examples", self.skipped_examples)
         if skipped:
             print(f"Skipped {skipped} corrupt/undecodable training record(s) since the last "
-                  f"checkpoint ({self.skipped_examples} in this run); see the log for which.",
+                  f"checkpoint ({self.skipped_examples} in this run); stderr names them.",
                   flush=True)
 
     def evaluate(self) -> dict:
