@@ -125,7 +125,8 @@ def define_flags():
     flags.DEFINE_string("tpu", None, "TPU name or grpc:// address ('local' on a TPU VM).")
     flags.DEFINE_string("tpu_zone", None, "GCE zone of the TPU (optional).")
     flags.DEFINE_string("gcp_project", None, "GCP project of the TPU (optional).")
-    flags.DEFINE_integer("num_gpus", None, "GPUs to mirror over (default: all visible).")
+    flags.DEFINE_integer("num_gpus", None, "GPUs to mirror over (default: all visible; 0: none, "
+                         "run on the CPU).")
     flags.DEFINE_integer("num_cpu_devices", None, "Split the host CPU into this many logical "
                          "devices, to run multi-replica code without GPUs (debugging, tests).")
     flags.DEFINE_bool("freeze_backbone", False, "Fine-tuning: train only the classifier; the "
@@ -229,6 +230,62 @@ def parse_bn_group_size(value: str | None) -> int | None:
         raise flags.ValidationError(f"--bn_group_size={value}: expected 'all', 0 (all replicas) "
                                     "or a group size >= 1.")
     return size
+
+
+_MODEL = {"model", "phi", "alpha", "beta", "gamma", "width_coefficient", "depth_coefficient",
+          "image_size", "dropout_rate", "survival_prob", "num_classes", "advprop_preprocessing"}
+_DATA = {"dataset", "data_dir", "tfds", "holdout_shards", "cache", "seed", "synthetic_eval_size"}
+_TRAIN_DATA = {"synthetic_train_size", "augment_name", "randaug_num_layers", "randaug_magnitude",
+               "augment_ops", "mixup_alpha", "cutmix_alpha", "deterministic"}
+_RESIZE = {"resize_method", "half_pixel_centers"}
+_RUNTIME = {"model_dir", "mixed_precision", "strategy", "use_tpu", "tpu", "tpu_zone",
+            "gcp_project", "num_gpus", "num_cpu_devices"}
+_RECIPE = {"train_batch_size", "eval_batch_size", "train_steps", "train_epochs", "steps_per_eval",
+           "steps_per_loop", "base_learning_rate", "lr_schedule", "lr_warmup_epochs",
+           "lr_decay_epoch", "lr_decay_factor", "lr_continuous_warmup", "optimizer",
+           "lars_weight_decay", "lars_epsilon", "moving_average_decay", "weight_decay",
+           "label_smoothing", "freeze_backbone", "bn_mode", "keep_checkpoint_max", "weights",
+           "bn_group_size"}
+_TRAINING = _MODEL | _DATA | _TRAIN_DATA | _RESIZE | _RUNTIME | _RECIPE
+_INFERENCE = {"model_dir", "weights"} | _MODEL | _RESIZE
+MODE_FLAGS = {
+    "train": _TRAINING,
+    "train_and_eval": _TRAINING,
+    "eval": _MODEL | _DATA | _RESIZE | _RUNTIME | {"weights", "eval_batch_size",
+                                                   "moving_average_decay"},
+    "prepare": {"dataset", "source_dir", "data_dir", "overwrite", "seed"},
+    "convert": _MODEL | {"ckpt_path", "output"},
+    "profile": {"model", "models", "output_json"},
+    "export": _INFERENCE | _DATA | {"export_dir", "overwrite", "hub_format", "tflite",
+                                    "quantize", "max_image_pixels", "max_batch_size"},
+    "predict": _INFERENCE | {"saved_model", "image", "top_k", "output_json"},
+    "cam": _INFERENCE | {"image", "output"},
+    "scaling_search": _TRAINING | {"search_budget_steps", "alpha_grid", "beta_grid",
+                                   "gamma_grid", "search_tolerance"},
+    "scaling_study": _TRAINING | {"search_budget_steps", "study_k", "study_repeats"},
+}
+
+
+def unused_flags(FLAGS) -> list[str]:
+    """The flags given on the command line that `--mode` would not use, each with the reason.
+
+    A flag that is accepted must change something: silently ignoring `--image_size` on an
+    export of a training run would export another model than the user asked for.
+    """
+    given = {f.name for f in FLAGS.get_flags_for_module(__name__) if f.present}
+    mode = FLAGS.mode
+    problems = [f"--{name} is not used by --mode={mode}"
+                for name in sorted(given - MODE_FLAGS[mode] - {"mode"})]
+    if mode in ("export", "predict", "cam") and FLAGS.model_dir:
+        problems += [f"--{name} is not used with --model_dir: the run's config.json decides "
+                     "the model" for name in sorted(given & _MODEL)]
+    if mode == "predict" and FLAGS.saved_model:
+        problems += [f"--{name} is not used with --saved_model: the export fixed it"
+                     for name in sorted(given & (_INFERENCE - {"model_dir", "weights"}))]
+    if mode == "export" and FLAGS.quantize != "int8":
+        problems += [f"--{name} is only used by --quantize=int8 (calibration images)"
+                     for name in sorted(given & _DATA)]
+    return problems
 
 
 def profile_model_names(FLAGS) -> list[str]:

@@ -365,7 +365,8 @@ class TrainConfig(ConfigMixin):
         check(self.mixed_precision in MIXED_PRECISION, "mixed_precision",
               f"must be one of {MIXED_PRECISION}")
         check(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
-        check(self.num_gpus is None or self.num_gpus >= 1, "num_gpus", "must be >= 1")
+        check(self.num_gpus is None or self.num_gpus >= 0, "num_gpus",
+              "must be >= 0 (0: no GPU, the CPU; unset: every visible GPU)")
         check(self.bn_mode in BN_MODES, "bn_mode", f"must be one of {BN_MODES}")
         check(self.keep_checkpoint_max >= 1, "keep_checkpoint_max", "must be >= 1")
 

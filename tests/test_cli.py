@@ -56,6 +56,26 @@ def test_profile_prints_table_and_writes_json(tmp_path):
     assert proc.returncode == 2 and "efficientnet-b42" in proc.stderr
 
 
+def test_flags_a_mode_does_not_use_are_errors(tmp_path):
+    proc = run_main("--mode=profile", "--phi=2", "--image_size=64", check=False)
+    assert proc.returncode == 2
+    assert "--image_size is not used by --mode=profile; --phi is not used by --mode=profile" \
+        in proc.stderr
+    proc = run_main("--mode=export", f"--model_dir={tmp_path}", "--image_size=64",
+                    f"--export_dir={tmp_path / 'e'}", "--data_dir=/data", check=False)
+    assert proc.returncode == 2
+    assert "--image_size is not used with --model_dir: the run's config.json decides" in proc.stderr
+    assert "--data_dir is only used by --quantize=int8" in proc.stderr
+    proc = run_main("--mode=predict", f"--saved_model={tmp_path}", "--image=x.jpg",
+                    "--resize_method=bilinear", check=False)
+    assert proc.returncode == 2 and "--resize_method is not used with --saved_model" in proc.stderr
+    proc = run_main("--mode=eval", f"--model_dir={tmp_path}", "--train_batch_size=4",
+                    "--mixup_alpha=0.2", check=False)
+    assert proc.returncode == 2 and "--mixup_alpha is not used by --mode=eval" in proc.stderr
+    assert "--train_batch_size is not used by --mode=eval" in proc.stderr
+    assert not list(tmp_path.iterdir())  # refused before anything ran
+
+
 def test_prepare_folder_then_train_and_eval_on_it(tmp_path):
     from efficientnet_tf.data.testing import encode, natural_image
 
@@ -89,8 +109,8 @@ def test_prepare_folder_then_train_and_eval_on_it(tmp_path):
     (data_dir / "metadata.json").unlink()
     proc = run_main("--mode=eval", "--dataset=folder", f"--data_dir={data_dir}",
                     "--num_classes=3", "--model=efficientnet-b0", "--width_coefficient=0.25",
-                    "--depth_coefficient=0.2", "--image_size=32", "--train_batch_size=4",
-                    "--eval_batch_size=4", f"--model_dir={model_dir}")
+                    "--depth_coefficient=0.2", "--image_size=32", "--eval_batch_size=4",
+                    f"--model_dir={model_dir}")
     assert json.loads((model_dir / "eval_results.json").read_text())["num_examples"] == 6
 
 
