@@ -4,7 +4,7 @@ import json
 from conftest import run_python
 from test_export import classifier, serving_dir  # noqa: F401 (fixtures)
 
-FUZZ = r"""
+INPUTS = r"""
 import io, json, resource, time
 import numpy as np, tensorflow as tf
 from PIL import Image
@@ -37,6 +37,9 @@ def mutate(data):
     return bytes(data)
 
 inputs = [mutate(seeds[i % 3]) for i in range(300)]
+"""
+
+FUZZ = INPUTS + r"""
 serve = tf.saved_model.load("SERVING_DIR").signatures["serving_default"]
 counts = {"tried": 0, "accepted": 0, "rejected": 0}
 start = time.monotonic()
@@ -60,4 +63,41 @@ def test_serving_signature_survives_fuzzed_images(serving_dir):  # noqa: F811
     print(counts)
     assert counts["tried"] == 300 == counts["accepted"] + counts["rejected"]
     assert counts["rejected"] > 0 and counts["accepted"] > 0
+    assert counts["max_rss_mb"] < 2000, counts
+
+
+PIPELINE = INPUTS + r"""
+import os
+from efficientnet_tf.data import DataConfig, build_dataset
+from efficientnet_tf.data import tfrecord
+
+data_dir = "DATA_DIR"
+os.makedirs(data_dir)
+for prefix, records in (("train", inputs), ("validation", seeds)):
+    with tf.io.TFRecordWriter(os.path.join(data_dir, f"{prefix}-00000-of-00001")) as writer:
+        for i, data in enumerate(records):
+            writer.write(tfrecord.make_example(data, label=1 + i % 2, height=0, width=0,
+                                               filename=f"{i}.img", synset="n0", text="x")
+                         .SerializeToString())
+config = DataConfig(dataset="folder", data_dir=data_dir, num_classes=2, deterministic=True,
+                    augment_name="randaugment", shuffle_buffer_size=1)
+counts = {"tried": 0, "decoded": 0, "skipped": 0}
+for images, labels, skipped in build_dataset(config, "train", 10, image_size=32,
+                                             count_skipped=True):
+    assert np.all(np.isfinite(images.numpy()))
+    counts["decoded"] += int(images.shape[0])
+    counts["skipped"] += int(skipped.numpy().sum())
+    counts["tried"] = counts["decoded"] + counts["skipped"]
+    if counts["tried"] >= len(inputs):
+        break
+counts["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print("FUZZ" + json.dumps(counts))
+"""
+
+
+def test_training_pipeline_survives_fuzzed_images(tmp_path):
+    out = run_python(PIPELINE.replace("DATA_DIR", str(tmp_path / "data")), timeout=600).stdout
+    counts = json.loads(out[out.index("FUZZ") + 4:])
+    print(counts)
+    assert counts["tried"] >= 300 and counts["skipped"] > 0 and counts["decoded"] > 0
     assert counts["max_rss_mb"] < 2000, counts
