@@ -10,9 +10,14 @@ setup(
     package_data={"efficientnet_tf": ["resources/*"]},
     include_package_data=True,
     python_requires=">=3.10",
+    # Lower bounds are what the code needs, and .ci/run tests them (the core tests on exactly
+    # tensorflow==2.16.1 + keras==3.10.0): Keras 3.10 added Optimizer.add_optimizer_variables
+    # (efficientnet_tf/training/optimizer.py); 2.16.1 is the first TensorFlow with Keras 3 and the
+    # oldest in tpu/launch.py's TPU runtime table. No upper bounds: no known break up to the
+    # versions it is developed on (TensorFlow 2.21, Keras 3.15).
     install_requires=[
-        "tensorflow>=2.16",
-        "keras>=3.3",
+        "tensorflow>=2.16.1",
+        "keras>=3.10",
         "tensorflow-datasets>=4.9",
         "importlib_resources",
         "absl-py",

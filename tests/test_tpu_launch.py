@@ -1,7 +1,9 @@
 """tpu/launch.py without a TPU: the gcloud commands it builds, what the remote scripts really run,
 --dry_run, a missing gcloud, and teardown when training fails (fake `gcloud` on PATH)."""
+import ast
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -24,7 +26,7 @@ def _clear_keras_session():
     yield
 
 
-def make_cfg(accelerator="v4-8", runtime="tpu-vm-tf-2.18.0-pjrt", **overrides):
+def make_cfg(accelerator="v4-8", runtime="tpu-vm-tf-2.18.0-pjrt-v5p-and-below", **overrides):
     kw = dict(name="my-tpu", zone="us-central2-b", project="proj",
               accelerator=launch.parse_accelerator(accelerator), runtime_version=runtime,
               model="efficientnet-b0", data_dir="gs://bucket/imagenet",
@@ -52,7 +54,7 @@ def test_create_delete_and_copy_commands_single_host():
     base = ["my-tpu", "--zone=us-central2-b", "--project=proj"]
     assert launch.create_command(cfg) == [
         "gcloud", "compute", "tpus", "tpu-vm", "create", *base, "--accelerator-type=v4-8",
-        "--version=tpu-vm-tf-2.18.0-pjrt", "--spot"]
+        "--version=tpu-vm-tf-2.18.0-pjrt-v5p-and-below", "--spot"]
     assert launch.delete_command(cfg) == [
         "gcloud", "compute", "tpus", "tpu-vm", "delete", *base, "--quiet"]
     assert launch.package_command(cfg) == [
@@ -76,11 +78,11 @@ def test_single_host_train_command():
     assert "TPU_LOAD_LIBRARY" not in script
     # Stream-executor images need no PJRT plugin variables.
     assert "NEXT_PLUGGABLE" not in remote_script(
-        launch.train_command(make_cfg(accelerator="v3-8", runtime="tpu-vm-tf-2.18.0-se")))
+        launch.train_command(make_cfg(accelerator="v3-8", runtime="tpu-vm-tf-2.16.1-se")))
 
 
 def test_pod_slice_train_command_runs_on_worker0_as_tpu_client():
-    cfg = make_cfg(accelerator="v4-32", runtime="tpu-vm-tf-2.18.0-pod-pjrt",
+    cfg = make_cfg(accelerator="v4-32", runtime="tpu-vm-tf-2.17.0-pod-pjrt",
                    model="efficientnet-b7", train_epochs=350)
     assert cfg.accelerator.multi_host and cfg.accelerator.replicas == 16
     argv = launch.train_command(cfg)
@@ -158,7 +160,11 @@ def test_execute_tears_down_after_a_failed_train_but_not_after_a_failed_create()
 @pytest.mark.parametrize("overrides, match", [
     (dict(accelerator="v4-32"), "multi-host pod slice.*'-pod' runtime"),
     (dict(runtime="tpu-vm-tf-2.15.0-pjrt"), "TensorFlow >= 2.16"),
-    (dict(runtime="tpu-ubuntu2204-base"), "tpu-vm-tf-X.Y.Z"),
+    (dict(runtime="tpu-ubuntu2204-base"), "not a TensorFlow TPU VM image known to exist"),
+    (dict(runtime="tpu-vm-tf-2.18.0-pjrt"), "not a TensorFlow TPU VM image known to exist"),
+    (dict(runtime="tpu-vm-tf-2.21.0-pjrt"), "stop at TensorFlow 2.18.0"),
+    (dict(runtime="tpu-vm-tf-2.16.1-se", accelerator="v5p-8"), "runs on TPU v2, v3, v4, not v5p-8"),
+    (dict(runtime="tpu-vm-tf-2.18.0-pjrt-v5e-and-v6"), "runs on TPU v5litepod, not v4-8"),
     (dict(model_dir="/tmp/runs"), "--model_dir=.*gs://"),
     (dict(data_dir="/data/imagenet"), "--data_dir=.*gs://"),
     (dict(train_steps=10, train_epochs=1.0), "not both"),
@@ -272,8 +278,8 @@ def run_remote(script, tmp_path):
 
 
 @pytest.mark.parametrize("accelerator, runtime, env", [
-    ("v4-8", "tpu-vm-tf-2.18.0-pjrt", ("unset", "true /fake/libtpu/libtpu.so")),
-    ("v4-32", "tpu-vm-tf-2.18.0-pod-pjrt", ("0", "unset unset")),
+    ("v4-8", "tpu-vm-tf-2.18.0-pjrt-v5p-and-below", ("unset", "true /fake/libtpu/libtpu.so")),
+    ("v4-32", "tpu-vm-tf-2.16.1-pod-pjrt", ("0", "unset unset")),
 ])
 def test_remote_train_script_passes_exact_args(tmp_path, accelerator, runtime, env):
     cfg = make_cfg(accelerator=accelerator, runtime=runtime,
@@ -285,7 +291,7 @@ def test_remote_train_script_passes_exact_args(tmp_path, accelerator, runtime, e
     assert (calls[0]["TPU_LOAD_LIBRARY"], calls[0]["PJRT"]) == env
 
 
-def test_remote_install_script_unpacks_head_and_keeps_the_tpu_tensorflow(tmp_path):
+def test_remote_install_script_unpacks_head_and_installs_the_runtimes_stack(tmp_path):
     cfg = make_cfg(local_tarball=tmp_path / "src.tar.gz")
     subprocess.run(launch.package_command(cfg), check=True, timeout=120)
     with tarfile.open(cfg.tarball) as tar:
@@ -296,17 +302,114 @@ def test_remote_install_script_unpacks_head_and_keeps_the_tpu_tensorflow(tmp_pat
     home, calls = run_remote(launch.remote_install_script(cfg), tmp_path)
     assert (home / launch.REMOTE_DIR / "setup.py").exists()
     assert [c["args"][:3] for c in calls] == [["-m", "pip", "install"]] * 3
-    assert calls[0]["args"][3:] == ["tensorflow-tpu==2.18.0", "-f", launch.TF_TPU_FIND_LINKS]
+    assert calls[0]["args"][3:] == ["--upgrade", "pip"]
     assert calls[1]["args"][3:] == ["--no-deps", "-e", "."]
-    deps = calls[2]["args"][3:]
-    assert "tensorflow-datasets>=4.9" in deps and any(d.startswith("keras") for d in deps)
-    assert not [d for d in deps if d.split(">")[0].split("=")[0] == "tensorflow"]
+    # One resolve: the runtime's TensorFlow TPU build, a Keras that works there, everything else.
+    args = calls[2]["args"][3:]
+    assert args[:4] == ["tensorflow-tpu==2.18.0", "keras>=3.10,<3.13", "-f",
+                        launch.TF_TPU_FIND_LINKS]
+    deps = args[4:]
+    assert "tensorflow-datasets>=4.9" in deps and "absl-py" in deps
+    # Neither the stock `tensorflow` wheel nor a second, unpinned Keras requirement.
+    assert not [d for d in deps if re.match(r"(tensorflow|keras)\b(?!-)", d)], deps
+
+
+# --- the runtime table: only images that exist, each with a stack that installs and works -----
+
+def setup_py_requirements():
+    """install_requires of setup.py, read without running it."""
+    tree = ast.parse((REPO_ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "install_requires":
+            return {re.match(r"[A-Za-z0-9_.-]+", r).group().lower(): r
+                    for r in ast.literal_eval(node.value)}
+    raise AssertionError("setup.py has no install_requires")
+
+
+def version(text):
+    return tuple(int(v) for v in text.split("."))
+
+
+def lower_bound(requirement):
+    return version(re.search(r">=\s*([0-9.]+)", requirement).group(1))
+
+
+# PyPI facts, from `pip index versions tensorflow-tpu` and the Requires-Python of the keras wheels
+# (3.10.0-3.12.x: >=3.9 / >=3.10; 3.13.0 and later: >=3.11).
+TENSORFLOW_TPU_ON_PYPI = {"2.16.1", "2.16.2", "2.17.0", "2.17.1", "2.18.0", "2.19.1", "2.20.0"}
+FIRST_KERAS_NEEDING_PY311 = (3, 13)
+
+
+def keras_range(spec):
+    low = version(re.fullmatch(r">=([0-9.]+),<([0-9.]+)", spec).group(1))
+    high = version(re.fullmatch(r">=([0-9.]+),<([0-9.]+)", spec).group(2))
+    return low, high
+
+
+def test_runtime_table_entries_are_consistent_with_setup_py_and_pypi():
+    reqs = setup_py_requirements()
+    tf_min, keras_min = lower_bound(reqs["tensorflow"]), lower_bound(reqs["keras"])
+    assert set(launch.TPU_RUNTIMES) == {
+        "tpu-vm-tf-2.16.1-pjrt", "tpu-vm-tf-2.16.1-se", "tpu-vm-tf-2.16.1-pod-pjrt",
+        "tpu-vm-tf-2.17.0-pjrt", "tpu-vm-tf-2.17.0-pod-pjrt",
+        "tpu-vm-tf-2.18.0-pjrt-v5p-and-below", "tpu-vm-tf-2.18.0-pjrt-v5e-and-v6",
+        "tpu-vm-tf-2.18.0-pod-pjrt-v5e-and-v6"}
+    for name, rt in launch.TPU_RUNTIMES.items():
+        m = launch.RUNTIME_RE.match(name)
+        assert m and ".".join(m.group(1, 2, 3)) == rt.tf_version, name
+        assert rt.tf_version in TENSORFLOW_TPU_ON_PYPI, name
+        assert version(rt.tf_version) >= tf_min, name          # setup.py allows this TensorFlow
+        low, high = keras_range(rt.keras)
+        assert low == keras_min, name                          # the code's Keras floor
+        if version(rt.python) < (3, 11):                       # no Keras the image cannot install
+            assert high <= FIRST_KERAS_NEEDING_PY311, name
+        assert set(rt.generations) <= set(launch.TPU_GENERATIONS), name
+        if "se" in m.group(4).split("-"):                      # stream executor: v2-v4 only
+            assert set(rt.generations) <= {"v2", "v3", "v4"}, name
+    # Every accelerator generation has a single-host and a pod runtime.
+    for gen in launch.TPU_GENERATIONS:
+        for accel in (f"{gen}-8", f"{gen}-32"):
+            assert launch.runtime_choices(launch.parse_accelerator(accel)), accel
+
+
+@pytest.mark.parametrize("runtime", list(launch.TPU_RUNTIMES))
+def test_install_pins_each_runtimes_stack(runtime):
+    rt = launch.TPU_RUNTIMES[runtime]
+    accel = next(a for a in (f"{g}-{n}" for g in rt.generations for n in (8, 32))
+                 if runtime in launch.runtime_choices(launch.parse_accelerator(a)))
+    cfg = make_cfg(accelerator=accel, runtime=runtime)
+    assert cfg.tf_version == rt.tf_version
+    script = launch.remote_install_script(cfg)
+    pip = next(shlex.split(c.split(" $(")[0]) for c in script.split(" && ")
+               if "tensorflow-tpu" in c)
+    assert pip[:4] == ["python3", "-m", "pip", "install"]
+    pins = [a for a in pip[4:] if re.match(r"(tensorflow|keras)", a)]
+    assert pins == [f"tensorflow-tpu=={rt.tf_version}", f"keras{rt.keras}"]
+    assert pins == launch.stack_requirements(runtime)
+
+
+@pytest.mark.parametrize("accelerator", ["v4-8", "v5litepod-8"])
+def test_unknown_runtime_is_refused_with_the_valid_ones(tmp_path, accelerator):
+    args = [a for a in CLI_ARGS if not a.startswith(("--runtime_version", "--accelerator_type"))]
+    proc = run_cli([*args, f"--accelerator_type={accelerator}",
+                    "--runtime_version=tpu-vm-tf-2.21.0-pjrt", "--dry_run", "all"], tmp_path,
+                   os.environ["PATH"])
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "--runtime_version='tpu-vm-tf-2.21.0-pjrt'" in proc.stderr
+    assert "Valid runtimes: " + ", ".join(launch.TPU_RUNTIMES) in proc.stderr
+    fitting = launch.runtime_choices(launch.parse_accelerator(accelerator))
+    assert f"for {accelerator}: " + ", ".join(fitting) in proc.stderr
+    assert ("tpu-vm-tf-2.18.0-pjrt-v5e-and-v6" in fitting) == (accelerator == "v5litepod-8")
+
+
+def test_readme_shows_the_runtime_table():
+    assert launch.runtime_table() in (REPO_ROOT / "tpu" / "README.md").read_text()
 
 
 # --- the CLI, in a subprocess, with fake tools on PATH ---------------------------------------
 
 CLI_ARGS = ["--name=my-tpu", "--zone=us-central2-b", "--project=proj", "--accelerator_type=v4-8",
-            "--runtime_version=tpu-vm-tf-2.18.0-pjrt", "--model=efficientnet-b0",
+            "--runtime_version=tpu-vm-tf-2.18.0-pjrt-v5p-and-below", "--model=efficientnet-b0",
             "--data_dir=gs://bucket/imagenet", "--model_dir=gs://bucket/runs/b0"]
 
 FAKE_GCLOUD = """#!/bin/sh

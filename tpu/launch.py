@@ -31,7 +31,6 @@ REMOTE_DIR = "efficientnet_tf"            # on the VM, relative to the login use
 REMOTE_TARBALL = "efficientnet_tf-src.tar.gz"
 # tensorflow-tpu wheels and their libtpu (tensorflow-tpu is also on PyPI from 2.16.1).
 TF_TPU_FIND_LINKS = "https://storage.googleapis.com/libtpu-tf-releases/index.html"
-MIN_TF_VERSION = (2, 16)                  # setup.py: tensorflow>=2.16 (Keras 3)
 TPU_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 RUNTIME_RE = re.compile(r"^tpu-vm-tf-(\d+)\.(\d+)\.(\d+)((?:-[a-z0-9]+)*)$")
 
@@ -53,6 +52,81 @@ MODEL_NAMES = model_config.MODEL_NAMES
 def image_size(model: str) -> int:
     """The model's training resolution (SPEC 1.2), from the package's own scaling table."""
     return model_config.SCALING_TABLE[model][2]
+
+
+# --- TPU VM runtime images -------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TpuRuntime:
+    """A TensorFlow TPU VM image (gcloud --version) and the Python stack that works on it."""
+    tf_version: str                # the image's TensorFlow; the VM gets tensorflow-tpu==tf_version
+    python: str                    # the image's python3
+    keras: str                     # pip specifier: the Keras efficientnet_tf runs with there
+    generations: tuple[str, ...]   # accelerator generations the image runs on
+    source: str                    # where the image name is confirmed
+
+
+# Keras on the TPU VM: >= 3.10 for `Optimizer.add_optimizer_variables` (first in Keras 3.10.0;
+# efficientnet_tf/training/optimizer.py), < 3.13 because Keras 3.13 needs Python >= 3.11 and the
+# TensorFlow TPU images run Python 3.10 (Ubuntu 22.04). setup.py states the same lower bounds.
+KERAS_ON_PY310 = ">=3.10,<3.13"
+PY310 = "3.10"
+# PJRT runs on every TPU generation TensorFlow supports; the stream executor (-se) only on v2-v4
+# ("TPU v5e and future TPU generations only support PJRT"; v5p dense compute: PJRT only).
+PJRT_GENERATIONS = ("v2", "v3", "v4", "v5litepod", "v5p")
+SE_GENERATIONS = ("v2", "v3", "v4")
+# Where each name is confirmed (details in tpu/README.md, Sources).
+_DOCS = "Cloud TPU docs, TPU software versions"
+_PY_SAMPLES = "GoogleCloudPlatform/python-docs-samples, tpu/"
+_JAVA_SAMPLES = "GoogleCloudPlatform/java-docs-samples, tpu/"
+_CREATED = "public gcloud create logs (created and ran)"
+_SCRIPTS = "public setup scripts (picked from `versions list`)"
+
+# Only images whose names are confirmed (sources in tpu/README.md). The newest TensorFlow with TPU
+# VM images is 2.18.0: the Cloud TPU docs' TensorFlow/libtpu table stops there, although
+# tensorflow-tpu 2.19/2.20 wheels exist on PyPI. Add a row only for a name that
+# `gcloud compute tpus tpu-vm versions list --zone=ZONE` shows, after running the core tests
+# (.ci/run's oldest-stack selection) on that TensorFlow with the Keras range given.
+TPU_RUNTIMES = {
+    "tpu-vm-tf-2.16.1-pjrt": TpuRuntime("2.16.1", PY310, KERAS_ON_PY310, PJRT_GENERATIONS, _DOCS),
+    "tpu-vm-tf-2.16.1-se": TpuRuntime("2.16.1", PY310, KERAS_ON_PY310, SE_GENERATIONS, _DOCS),
+    "tpu-vm-tf-2.16.1-pod-pjrt": TpuRuntime("2.16.1", PY310, KERAS_ON_PY310, PJRT_GENERATIONS,
+                                            _CREATED),
+    "tpu-vm-tf-2.17.0-pjrt": TpuRuntime("2.17.0", PY310, KERAS_ON_PY310, PJRT_GENERATIONS,
+                                        _PY_SAMPLES),
+    "tpu-vm-tf-2.17.0-pod-pjrt": TpuRuntime("2.17.0", PY310, KERAS_ON_PY310, PJRT_GENERATIONS,
+                                            _JAVA_SAMPLES),
+    # From 2.18.0 the images are split by TPU generation.
+    "tpu-vm-tf-2.18.0-pjrt-v5p-and-below": TpuRuntime("2.18.0", PY310, KERAS_ON_PY310,
+                                                      ("v2", "v3", "v4", "v5p"), _SCRIPTS),
+    "tpu-vm-tf-2.18.0-pjrt-v5e-and-v6": TpuRuntime("2.18.0", PY310, KERAS_ON_PY310,
+                                                   ("v5litepod",), _CREATED),
+    "tpu-vm-tf-2.18.0-pod-pjrt-v5e-and-v6": TpuRuntime("2.18.0", PY310, KERAS_ON_PY310,
+                                                       ("v5litepod",), _CREATED),
+}
+
+
+def runtime_choices(accelerator: "Accelerator | None" = None) -> list[str]:
+    """The known runtimes, those that run on `accelerator` (generation, single host or pod) only."""
+    if accelerator is None:
+        return list(TPU_RUNTIMES)
+    return [name for name, rt in TPU_RUNTIMES.items()
+            if accelerator.generation in rt.generations
+            and ("pod" in _runtime_tags(name)) == accelerator.multi_host]
+
+
+def _runtime_tags(name: str) -> list[str]:
+    return RUNTIME_RE.match(name).group(4).split("-")
+
+
+def runtime_table() -> str:
+    """TPU_RUNTIMES as the markdown table in tpu/README.md."""
+    rows = [["runtime (`--runtime_version`)", "TensorFlow", "Python", "Keras",
+             "TPU generations", "name confirmed by"], ["---"] * 6]
+    for name, rt in TPU_RUNTIMES.items():
+        rows.append([f"`{name}`", rt.tf_version, rt.python, f"`{rt.keras}`",
+                     ", ".join(rt.generations), rt.source])
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
 
 # --- accelerators -----------------------------------------------------------------------------
@@ -201,6 +275,22 @@ def settings_table(accelerators=("v2-8", "v3-8", "v4-8", "v5litepod-8", "v5p-8",
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
 
+def _unknown_runtime_message(runtime_version, accelerator: Accelerator) -> str:
+    m = RUNTIME_RE.match(runtime_version or "")
+    why = "is not a TensorFlow TPU VM image known to exist"
+    if m and tuple(int(v) for v in m.group(1, 2)) < (2, 16):
+        why = ("is too old: efficientnet_tf needs TensorFlow >= 2.16.1 (Keras 3, and Keras >= 3.10 "
+               "as setup.py states)")
+    elif m and tuple(int(v) for v in m.group(1, 2)) > (2, 18):
+        why = ("is not a Cloud TPU image: the TensorFlow TPU VM images stop at TensorFlow 2.18.0 "
+               "(Cloud TPU docs, TPU software versions)")
+    fitting = runtime_choices(accelerator)
+    return (f"--runtime_version={runtime_version!r} {why}. Valid runtimes: "
+            f"{', '.join(TPU_RUNTIMES)}"
+            + (f"; for {accelerator.type}: {', '.join(fitting)}" if fitting else "")
+            + ". (The table TPU_RUNTIMES in tpu/launch.py; tpu/README.md says how to add one.)")
+
+
 # --- launch configuration ---------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -254,13 +344,14 @@ class LaunchConfig:
               or (self.train_batch_size >= 1 and self.train_batch_size % replicas == 0),
               f"--train_batch_size={self.train_batch_size}: must be a positive multiple of the "
               f"{replicas} replicas of {self.accelerator.type}.")
-        m = RUNTIME_RE.match(self.runtime_version or "")
-        check(bool(m), f"--runtime_version={self.runtime_version!r}: expected a TensorFlow TPU VM "
-              "image, tpu-vm-tf-X.Y.Z[-pod][-pjrt|-se][...], e.g. tpu-vm-tf-2.16.1-pjrt; list them "
-              "with: gcloud compute tpus tpu-vm versions list --zone=ZONE")
-        check(tuple(int(v) for v in m.group(1, 2)) >= MIN_TF_VERSION,
-              f"--runtime_version={self.runtime_version}: efficientnet_tf needs TensorFlow >= "
-              f"{'.'.join(map(str, MIN_TF_VERSION))} (Keras 3).")
+        check(self.runtime_version in TPU_RUNTIMES, _unknown_runtime_message(self.runtime_version,
+                                                                             self.accelerator))
+        runtime = TPU_RUNTIMES[self.runtime_version]
+        check(self.accelerator.generation in runtime.generations,
+              f"--runtime_version={self.runtime_version} runs on TPU "
+              f"{', '.join(runtime.generations)}, not {self.accelerator.type}; for "
+              f"{self.accelerator.type} use one of: "
+              f"{', '.join(runtime_choices(self.accelerator)) or '(none known)'}.")
         check(not self.accelerator.multi_host or self.pod_runtime,
               f"--runtime_version={self.runtime_version}: {self.accelerator.type} is a multi-host "
               "pod slice; TensorFlow needs a '-pod' runtime there (e.g. "
@@ -271,21 +362,21 @@ class LaunchConfig:
         object.__setattr__(self, "extra_args", tuple(self.extra_args))
 
     @property
-    def tf_version(self) -> str:
-        return ".".join(RUNTIME_RE.match(self.runtime_version).group(1, 2, 3))
+    def runtime(self) -> TpuRuntime:
+        return TPU_RUNTIMES[self.runtime_version]
 
     @property
-    def _runtime_tags(self) -> list[str]:
-        return RUNTIME_RE.match(self.runtime_version).group(4).split("-")
+    def tf_version(self) -> str:
+        return self.runtime.tf_version
 
     @property
     def pod_runtime(self) -> bool:
         """'-pod' images run TF on worker 0 as a client of every host's tpu-runtime service."""
-        return "pod" in self._runtime_tags
+        return "pod" in _runtime_tags(self.runtime_version)
 
     @property
     def pjrt(self) -> bool:
-        return "pjrt" in self._runtime_tags
+        return "pjrt" in _runtime_tags(self.runtime_version)
 
     @property
     def tpu_address(self) -> str:
@@ -325,22 +416,34 @@ def copy_command(cfg: LaunchConfig) -> list[str]:
             f"{cfg.name}:{REMOTE_TARBALL}", *_location(cfg), "--worker=0"]
 
 
-# Requirements of the installed efficientnet_tf except `tensorflow`: pip would otherwise put the
-# stock PyPI wheel over the image's TPU build (installed as `tensorflow-tpu`, another dist name).
-_DEPS_EXCEPT_TENSORFLOW = (
+# Requirements of the installed efficientnet_tf except `tensorflow` and `keras`, which the install
+# pins to the runtime's stack: pip would otherwise put the stock PyPI `tensorflow` wheel over the
+# image's TPU build (installed as `tensorflow-tpu`, another dist name).
+_DEPS_EXCEPT_TF_AND_KERAS = (
     'import importlib.metadata as m, re; '
     'print(" ".join(r for r in m.requires("efficientnet_tf") or [] if "extra ==" not in r '
-    'and re.match(r"[A-Za-z0-9_.-]+", r).group().lower() != "tensorflow"))')
+    'and re.match(r"[A-Za-z0-9_.-]+", r).group().lower() not in ("tensorflow", "keras")))')
+
+
+def stack_requirements(runtime_version: str) -> list[str]:
+    """The pins of the runtime's stack: its TensorFlow (TPU build) and a Keras that works there."""
+    rt = TPU_RUNTIMES[runtime_version]
+    return [f"tensorflow-tpu=={rt.tf_version}", f"keras{rt.keras}"]
 
 
 def remote_install_script(cfg: LaunchConfig) -> str:
+    # A current pip first: on Python 3.10 an older pip backtracks for minutes over this stack
+    # (measured with the stock tensorflow wheel: pip 23.0.1 still resolving after 2.5 min, pip 26.3
+    # done in 31 s). Then one pip resolve for the pinned stack and every other requirement, so
+    # nothing moves the pins.
     return " && ".join([
         f"rm -rf {REMOTE_DIR}", f"mkdir {REMOTE_DIR}",
         f"tar -xzf {REMOTE_TARBALL} -C {REMOTE_DIR}", f"cd {REMOTE_DIR}",
-        shlex.join(["python3", "-m", "pip", "install", f"tensorflow-tpu=={cfg.tf_version}",
-                    "-f", TF_TPU_FIND_LINKS]),
+        "python3 -m pip install --upgrade pip",
         "python3 -m pip install --no-deps -e .",
-        f"python3 -m pip install $(python3 -c {shlex.quote(_DEPS_EXCEPT_TENSORFLOW)})",
+        shlex.join(["python3", "-m", "pip", "install", *stack_requirements(cfg.runtime_version),
+                    "-f", TF_TPU_FIND_LINKS])
+        + f" $(python3 -c {shlex.quote(_DEPS_EXCEPT_TF_AND_KERAS)})",
     ])
 
 
@@ -484,8 +587,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--project", default=None, help="GCP project (default: gcloud's configured one)")
     p.add_argument("--accelerator_type", required=True, help="e.g. v3-8, v4-8, v4-32, v5litepod-8")
     p.add_argument("--runtime_version", required=True,
-                   help="TensorFlow TPU VM image, e.g. tpu-vm-tf-2.16.1-pjrt, "
-                        "tpu-vm-tf-2.16.1-pod-pjrt for pod slices")
+                   help="TensorFlow TPU VM image, one of: " + ", ".join(TPU_RUNTIMES)
+                        + " ('-pod' ones for pod slices)")
     p.add_argument("--spot", action="store_true", help="create a Spot TPU VM (preemptible)")
     p.add_argument("--model", default="efficientnet-b0", choices=MODEL_NAMES)
     p.add_argument("--mode", default="train_and_eval", choices=MAIN_MODES)
@@ -545,7 +648,8 @@ def main(argv=None) -> int:
     print(f"# {cfg.model} at {image_size(cfg.model)}px on {a.type} "
           f"({'multi-host' if a.multi_host else 'single host'}, {a.replicas} replicas): main.py on "
           f"worker 0 with --tpu={cfg.tpu_address}, global batch {cfg.train_batch_size} "
-          f"({per_replica}/replica), TensorFlow {cfg.tf_version}", file=sys.stderr)
+          f"({per_replica}/replica), TensorFlow {cfg.tf_version} (tensorflow-tpu), "
+          f"Keras{cfg.runtime.keras}, Python {cfg.runtime.python}", file=sys.stderr)
     commands = plan(cfg, args.action, args.keep_vm)
     if args.dry_run:
         for argv_ in commands:
