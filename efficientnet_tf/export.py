@@ -410,6 +410,15 @@ def _model_name(model) -> str:
     return config.name if config is not None else model.name
 
 
+def _input_normalization(model) -> dict | None:
+    """The (x - mean) / stddev the network applies to its [0, 255] input, for export_info."""
+    config = getattr(model, "efficientnet_config", None)
+    if config is None:
+        return None
+    mean, stddev = config.input_normalization()
+    return {"mean": list(mean), "stddev": list(stddev)}
+
+
 def eval_resize_method(model, resize_method: str | None = None) -> str:
     """`resize_method`, or when None the kernel the reference evaluates this model with."""
     return resize_method or reference_resize_method(_model_name(model))
@@ -571,6 +580,7 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
         "half_pixel_centers": bool(half_pixel_centers),
         "max_image_pixels": int(max_image_pixels),
         "max_batch_size": int(max_batch_size),
+        "input_normalization": _input_normalization(model),
         "signatures": {
             SERVING_SIGNATURE: f"image_bytes: string [batch], encoded {IMAGE_FORMATS}; eval "
                                f"preprocessing (center crop, {resize_method} resize to {size}) inside",

@@ -60,6 +60,8 @@ def test_advprop_checkpoint_convert_eval_export(tmp_path):
     export_dir = tmp_path / "export"
     run_main("--mode=export", *ARCH, "--advprop_preprocessing", f"--weights={weights}",
              f"--export_dir={export_dir}")
+    info = json.loads((export_dir / "assets.extra" / "export_info.json").read_text())
+    assert info["input_normalization"] == {"mean": [127.5] * 3, "stddev": [127.5] * 3}
     images = _photos(4, seed=0)
     served = tf.saved_model.load(str(export_dir)).signatures["serving_images"](
         images=tf.constant(images))["probabilities"].numpy()

@@ -100,3 +100,32 @@ def test_predict_prints_one_line_for_a_bomb(serving_dir, tmp_path):  # noqa: F81
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "bomb.png" in errors[0] and "20000 x 20000" in errors[0]
+
+
+def test_pipelines_skip_and_count_a_bomb_in_training_and_name_it_in_eval(tmp_path):
+    from efficientnet_tf.data import DataConfig, build_dataset
+    from efficientnet_tf.data.testing import encode, natural_image, write_image_tfrecords
+
+    good = [encode(natural_image(40, 48, seed=i)) for i in range(3)]
+    for prefix in ("train", "validation"):
+        write_image_tfrecords(str(tmp_path), prefix, good, [0, 1, 0], 1)
+    # One more shard per split whose single record claims 20000 x 20000 pixels.
+    from efficientnet_tf.data import tfrecord
+    for prefix in ("train", "validation"):
+        with tf.io.TFRecordWriter(str(tmp_path / f"{prefix}-00001-of-00002")) as writer:
+            writer.write(tfrecord.make_example(bomb_png(), label=1, height=20000, width=20000,
+                                               filename="bomb.png", synset="n0", text="x",
+                                               image_format="PNG").SerializeToString())
+        (tmp_path / f"{prefix}-00000-of-00001").rename(tmp_path / f"{prefix}-00000-of-00002")
+    config = DataConfig(dataset="folder", data_dir=str(tmp_path), num_classes=2,
+                        deterministic=True)
+    decoded = skipped = 0
+    for images, _, count in build_dataset(config, "train", 1, image_size=32, count_skipped=True):
+        decoded += int(images.shape[0])
+        skipped += int(count.numpy().sum())
+        if decoded + skipped >= 8:  # two passes over the 4 records
+            break
+    assert skipped == 2 and decoded == 6
+    with pytest.raises(tf.errors.InvalidArgumentError, match="validation-00001-of-00002:0"):
+        for _ in build_dataset(config, "eval", 2, image_size=32):
+            pass
