@@ -16,7 +16,7 @@ def define_flags():
     flags.DEFINE_enum("mode", None, MODES, "What to do.")
     flags.mark_flag_as_required("mode")
 
-    # Model selection (SPEC 1.2). --model and --phi are alternatives.
+    # Model selection (paper section 4). --model and --phi are alternatives.
     flags.DEFINE_string("model", None, "Named model: " + ", ".join(cfg.MODEL_NAMES) +
                         ". Default efficientnet-b0 unless --phi is given.")
     flags.DEFINE_float("phi", None, "Compound coefficient: integer 0..7 gives B0..B7, other values "
@@ -39,7 +39,7 @@ def define_flags():
                         "training. Default: the reference's rule (per replica up to 8 replicas, "
                         "groups of max(8, n/8) above); 'all' or 0: every replica; 1: per replica.")
 
-    # Data (efficientnet_tf/data, SPEC 3-4).
+    # Data (efficientnet_tf/data, docs/datasets.md).
     from efficientnet_tf.data.config import AUGMENT_NAMES, AUGMENT_OPS, DATASETS, DataConfig
 
     data_defaults = DataConfig()
@@ -81,7 +81,7 @@ def define_flags():
     flags.DEFINE_bool("overwrite", False, "prepare/export: replace an existing conversion in "
                       "--data_dir or export in --export_dir.")
 
-    # Training recipe (SPEC 2). Defaults are the reference's.
+    # Training recipe (docs/fidelity.md). Defaults are the reference's.
     defaults = cfg.TrainConfig()
     flags.DEFINE_string("model_dir", None, "Checkpoints, config.json, TensorBoard logs, "
                         "eval_results.json and best.weights.h5 go here (local path or gs://).")

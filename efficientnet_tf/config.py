@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any, Mapping
 
-# Paper Table 1, as compact block strings (SPEC 1.1).
+# Paper Table 1, as compact block strings (paper Table 1).
 B0_BLOCKS = (
     "r1_k3_s11_e1_i32_o16_se0.25",
     "r2_k3_s22_e6_i16_o24_se0.25",
@@ -31,7 +31,7 @@ LITE_STDDEV_RGB = (128.0, 128.0, 128.0)
 ADVPROP_MEAN_RGB = (127.5, 127.5, 127.5)
 ADVPROP_STDDEV_RGB = (127.5, 127.5, 127.5)
 
-# name: (width, depth, resolution, dropout)  -- SPEC 1.2
+# name: (width, depth, resolution, dropout)  -- paper section 4
 SCALING_TABLE = {
     "efficientnet-b0": (1.0, 1.0, 224, 0.2),
     "efficientnet-b1": (1.0, 1.1, 240, 0.2),
@@ -305,7 +305,7 @@ BN_MODES = ("train", "frozen")
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(ConfigMixin):
-    """The training recipe (SPEC 2) and where its outputs go."""
+    """The training recipe (docs/fidelity.md) and where its outputs go."""
 
     model_dir: str | None = None
     train_batch_size: int = 2048

@@ -1,6 +1,6 @@
 """Export: TF Serving SavedModel, TF-Hub reusable SavedModels and TFLite, with BN folded for speed.
 
-One input contract per artifact (SPEC §6), also written to `assets.extra/export_info.json`:
+One input contract per artifact (README, "Export and predict"), also written to `assets.extra/export_info.json`:
 - serving SavedModel: `serving_default` takes encoded images (`image_bytes`, string [batch]) and
   runs the eval preprocessing inside; `serving_images` takes float32 RGB [batch, S, S, 3] in
   [0, 255], already cropped and resized to the model resolution S.
@@ -659,7 +659,7 @@ def export_hub(model: keras.Model, export_dir: str, *, image_size: int | None = 
     `model` is a `build_model(include_top=True)` classifier (its classifier activation does not
     matter: `classification` outputs logits). Input float32 [batch, S, S, 3] RGB in [0, 1].
     `regularization_losses[0]()` is the recipe's L2 term, weight_decay·Σw²/2 over the variant's
-    weights except BN γ/β (SPEC §2). Returns {variant: path}.
+    weights except BN γ/β. Returns {variant: path}.
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay={weight_decay}: must be >= 0.")

@@ -6,7 +6,7 @@ import math
 import keras
 from keras import ops
 
-# SPEC 1.4: untruncated normal, std sqrt(2 / fan_out), fan_out = kh * kw * out_channels.
+# As the reference: untruncated normal, std sqrt(2 / fan_out), fan_out = kh * kw * out_channels.
 CONV_KERNEL_INITIALIZER = {
     "class_name": "VarianceScaling",
     "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"},
@@ -284,7 +284,7 @@ class SqueezeExcite(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="efficientnet_tf")
 class MBConvBlock(keras.layers.Layer):
-    """Mobile inverted bottleneck (SPEC 1.4): expand -> depthwise -> SE -> project -> skip.
+    """Mobile inverted bottleneck (paper section 4, Table 1): expand -> depthwise -> SE -> project -> skip.
 
     Sub-layer names follow keras.applications (`<block>_expand_conv` there is
     `<block>/expand_conv` here) so weights map one to one.

@@ -21,7 +21,7 @@ IMAGENET_NUM_CLASSES = 1000
 
 @functools.lru_cache(maxsize=1)
 def imagenet_classes() -> tuple[tuple[str, str], ...]:
-    """((synset, name), ...) in class-index order (sorted synsets, SPEC §3)."""
+    """((synset, name), ...) in class-index order (sorted synsets, as the standard ImageNet conversion)."""
     text = importlib.resources.files("efficientnet_tf").joinpath(
         "resources", "imagenet_classes.tsv").read_text(encoding="utf-8")
     rows = [line.split("\t") for line in text.splitlines()[1:] if line]

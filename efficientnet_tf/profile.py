@@ -41,7 +41,7 @@ _UNCOUNTED_OPS = frozenset({
     "Mean", "Max", "Sum",
 })
 
-# SPEC 1.7, paper Table 2: (params, multiply-adds).
+# Paper Table 2: (params, multiply-adds).
 PAPER_TABLE2 = {
     "efficientnet-b0": (5.3e6, 0.39e9),
     "efficientnet-b1": (7.8e6, 0.70e9),

@@ -38,7 +38,7 @@ _HEAD_ONLY = ("top_conv", "top_bn", _CLASSIFIER)
 _KA_BLOCK_RE = re.compile(r"^(block\d+[a-z]+)_(expand_conv|expand_bn|dwconv|bn|se_reduce|se_expand"
                           r"|project_conv|project_bn)$")
 _KA_TOP_LEVEL = ("stem_conv", "stem_bn", "top_conv", "top_bn", _CLASSIFIER)
-# keras.applications normalizes with a stateful, auto-named layer; ours is constant ops (SPEC 3).
+# keras.applications normalizes with a stateful, auto-named layer; ours is constant ops.
 _KA_NORMALIZATION_RE = re.compile(r"^normalization(_\d+)?$")
 
 # Fields that decide the graph (and so the weights), as opposed to training or input settings.
@@ -253,7 +253,7 @@ def _assign(model: keras.Model, source: _Source) -> None:
                  source.origin, model.name)
 
 
-# --- official TF1 checkpoints (SPEC 5) --------------------------------------------------------
+# --- official TF1 checkpoints ---------------------------------------------------------------
 
 def _tf1_layer_names(target: keras.Model, with_classifier: bool) -> dict:
     """{our path: [TF1 names without scope]} in Keras variable order; blocks_i in build order."""
@@ -422,7 +422,7 @@ def _from_keras_applications(named: dict, origin: str, config: cfg.ModelConfig) 
 
 
 def _check_normalization(arrays, origin: str, config: cfg.ModelConfig) -> None:
-    """Warn when the source normalized differently from our constants (SPEC 6).
+    """Warn when the source normalized differently from our constants.
 
     keras.applications' imagenet files store stddev as the variance (and add a Rescaling layer to
     compensate); a correctly set layer stores stddev^2. Both match our (x - mean) / std.

@@ -1,4 +1,4 @@
-"""FLOP and parameter counting: hand-computed cases, SPEC 1.6 parameter counts, paper Table 2."""
+"""FLOP and parameter counting: hand-computed cases, exact parameter counts, paper Table 2."""
 import keras
 import pytest
 
@@ -7,8 +7,8 @@ from efficientnet_tf import profile
 from efficientnet_tf.model import build_model
 from conftest import TINY, run_python
 
-# SPEC 1.6: (trainable, total) with 1000 classes.
-SPEC_PARAMS = {
+# Exact (trainable, total) with 1000 classes.
+EXACT_PARAMS = {
     "efficientnet-b0": (5_288_548, 5_330_564),
     "efficientnet-b1": (7_794_184, 7_856_232),
     "efficientnet-b2": (9_109_994, 9_177_562),
@@ -59,7 +59,7 @@ def test_count_flops_rejects_unknown_ops_and_shapes():
 
 
 def _analytic_macs(config: cfg.ModelConfig) -> int:
-    """Independent count from the stage table (SPEC 1.4), to check the graph walk."""
+    """Independent count from the stage table, to check the graph walk."""
     size = -(-config.resolution // 2)
     c_stem = cfg.stem_filters(config)
     macs = size * size * c_stem * 3 * 3 * 3
@@ -94,7 +94,7 @@ def test_b0_to_b7_params_exact_and_flops_match_paper():
         assert set(row) == {"model", "resolution", "params_trainable", "params_total", "flops",
                             "paper_params", "paper_flops"}
         assert (row["model"], row["resolution"]) == (name, config.resolution)
-        assert (row["params_trainable"], row["params_total"]) == SPEC_PARAMS[name]
+        assert (row["params_trainable"], row["params_total"]) == EXACT_PARAMS[name]
         assert row["flops"] == pytest.approx(row["paper_flops"], rel=0.05), name
         assert row["paper_params"] == pytest.approx(row["params_trainable"], rel=0.05)
     assert rows[0]["flops"] == _analytic_macs(cfg.get_model_config("efficientnet-b0"))
@@ -109,7 +109,7 @@ def test_b0_to_b7_params_exact_and_flops_match_paper():
 def test_params_exact_for_b8_l2_and_lite():
     # Parameter counts do not depend on resolution: build at 32x32 to keep tracing cheap. L2 alone
     # holds ~2 GB of weights, so run in a fresh process that gives the memory back.
-    names = [n for n in SPEC_PARAMS if n not in B_MODELS]
+    names = [n for n in EXACT_PARAMS if n not in B_MODELS]
     out = run_python(
         "import keras\n"
         "from efficientnet_tf.model import build_model\n"
@@ -118,12 +118,12 @@ def test_params_exact_for_b8_l2_and_lite():
         "    print(name, *count_params(build_model(model_name=name, input_shape=(32, 32, 3))))\n"
         "    keras.backend.clear_session()\n")
     counts = {n: (int(t), int(a)) for n, t, a in (ln.split() for ln in out.stdout.splitlines())}
-    assert counts == {n: SPEC_PARAMS[n] for n in names}
+    assert counts == {n: EXACT_PARAMS[n] for n in names}
 
 
 def test_profile_model_paper_values_only_for_the_papers_network():
     row = profile.profile_model("efficientnet-lite0", resolution=64)
-    assert (row["params_trainable"], row["params_total"]) == SPEC_PARAMS["efficientnet-lite0"]
+    assert (row["params_trainable"], row["params_total"]) == EXACT_PARAMS["efficientnet-lite0"]
     assert row["paper_params"] is None and row["paper_flops"] is None
     row = profile.profile_model("efficientnet-b0", resolution=64)
     assert row["resolution"] == 64 and row["paper_params"] == 5.3e6 and row["paper_flops"] is None
@@ -131,7 +131,7 @@ def test_profile_model_paper_values_only_for_the_papers_network():
     row = profile.profile_model(cfg.get_model_config("efficientnet-b0", num_classes=10,
                                                      resolution=64))
     assert row["paper_params"] is None
-    assert row["params_trainable"] == SPEC_PARAMS["efficientnet-b0"][0] - 990 * 1281
+    assert row["params_trainable"] == EXACT_PARAMS["efficientnet-b0"][0] - 990 * 1281
     assert "-" in profile.format_profile_table([row])
 
 

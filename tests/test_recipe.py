@@ -1,4 +1,4 @@
-"""Recipe units (SPEC 2) against hand-computed values: RMSProp, LR schedules, EMA, L2, smoothing."""
+"""Recipe units against hand-computed values: RMSProp, LR schedules, EMA, L2, smoothing."""
 import math
 
 import keras

@@ -39,7 +39,7 @@ def _randomize(layers, seed=0):
 
 
 def _keras_applications(i, size, include_top=True, pooling=None, classes=1000):
-    """keras.applications EfficientNetB{i} normalizing exactly like our constants (SPEC 3, 6)."""
+    """keras.applications EfficientNetB{i} normalizing exactly like our constants."""
     model = getattr(keras.applications, f"EfficientNetB{i}")(
         weights=None, include_top=include_top, pooling=pooling, classes=classes,
         input_shape=(size, size, 3), classifier_activation=None)
@@ -155,7 +155,7 @@ def test_legacy_notop_h5_to_backbone_file(tmp_path):
 # --- official TF1 checkpoints -------------------------------------------------------------------
 
 def _official_names(model):
-    """{TF1 name without scope: array}, written from SPEC 5 independently of weights.py."""
+    """{TF1 name without scope: array}, written from the official names independently of weights.py."""
     def bn(prefix, layer):
         return dict(zip([f"{prefix}/gamma", f"{prefix}/beta", f"{prefix}/moving_mean",
                          f"{prefix}/moving_variance"], layer.get_weights()))

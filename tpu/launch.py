@@ -50,7 +50,7 @@ MODEL_NAMES = model_config.MODEL_NAMES
 
 
 def image_size(model: str) -> int:
-    """The model's training resolution (SPEC 1.2), from the package's own scaling table."""
+    """The model's training resolution, from the package's own scaling table."""
     return model_config.SCALING_TABLE[model][2]
 
 

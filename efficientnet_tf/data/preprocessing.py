@@ -1,4 +1,4 @@
-"""Reference image preprocessing (SPEC 3): Inception crop for training, padded center crop for eval.
+"""Reference image preprocessing (docs/fidelity.md): Inception crop for training, padded center crop for eval.
 
 Reference-exact by default: the official EfficientNet code's crops, its TF1 resize kernels (no
 half-pixel offset) and no clipping, quirks included. Inputs are either encoded image bytes (a

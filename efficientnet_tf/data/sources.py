@@ -210,7 +210,7 @@ class FolderSource(Source):
 
 
 class TFRecordSource(Source):
-    """ImageNet-format TFRecords: `train-*` / `validation-*`, 1-based labels (SPEC 3)."""
+    """ImageNet-format TFRecords: `train-*` / `validation-*`, 1-based labels (docs/datasets.md)."""
 
     def __init__(self, config: DataConfig):
         data_dir = config.data_dir

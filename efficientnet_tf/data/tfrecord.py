@@ -1,4 +1,4 @@
-"""The ImageNet TFRecord format (SPEC 3): shard names, example keys, writing and parsing.
+"""The ImageNet TFRecord format (docs/datasets.md): shard names, example keys, writing and parsing.
 
 `prepare` writes this format and the reader reads it, so both live here. A prepared directory also
 holds `metadata.json` (class names and per-shard example counts), written last: its presence marks
@@ -108,6 +108,6 @@ _FEATURES = {
 
 
 def parse_example(serialized):
-    """(encoded image bytes, 0-based int32 label): the stored labels are 1-based (SPEC 3)."""
+    """(encoded image bytes, 0-based int32 label): the stored labels are 1-based."""
     parsed = tf.io.parse_single_example(serialized, _FEATURES)
     return parsed["image/encoded"], tf.cast(parsed["image/class/label"] - 1, tf.int32)

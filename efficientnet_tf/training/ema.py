@@ -1,4 +1,4 @@
-"""Exponential moving average of the model weights, as the reference evaluates with (SPEC 2).
+"""Exponential moving average of the model weights, as the reference evaluates with (docs/fidelity.md).
 
 Covers every floating-point model weight: the trainables AND the BatchNorm moving mean/variance
 (Keras' built-in `use_ema` covers trainables only and has no warm-up). Integer state (seed

@@ -1,4 +1,4 @@
-"""Optimizers with the TF1 semantics of the reference's `build_optimizer` (SPEC 2).
+"""Optimizers with the TF1 semantics of the reference's `build_optimizer` (docs/fidelity.md).
 
 The reference trains with `tf.compat.v1.train` optimizers; Keras 3's differ in ways that change the
 trajectory, so each is restated here.

@@ -1,4 +1,4 @@
-"""Loss terms of the reference recipe: L2 weight decay and label-smoothed cross-entropy (SPEC 2)."""
+"""Loss terms of the reference recipe: L2 weight decay and label-smoothed cross-entropy (docs/fidelity.md)."""
 from __future__ import annotations
 
 import keras

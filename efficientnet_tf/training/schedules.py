@@ -1,4 +1,4 @@
-"""Learning-rate schedules of the reference recipe (SPEC 2), computed as the reference does.
+"""Learning-rate schedules of the reference recipe (docs/fidelity.md), computed as the reference does.
 
 `build_learning_rate` restates the reference's `utils.build_learning_rate` with the same float32
 TF ops, so it reproduces the reference's learning rates (golden-tested). Its quirks are kept:
@@ -136,7 +136,7 @@ class ReferenceLearningRate(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def scale_learning_rate(base_learning_rate: float, global_batch_size: int) -> float:
-    """Linear scaling rule: `base_learning_rate` is per 256 images (SPEC 2), as main.py."""
+    """Linear scaling rule: `base_learning_rate` is per 256 images, as the reference's main.py."""
     if base_learning_rate <= 0:
         raise ValueError(f"base_learning_rate={base_learning_rate}: must be > 0")
     if global_batch_size <= 0:

@@ -1,4 +1,4 @@
-"""The training engine: a custom tf.distribute loop with the paper's recipe (SPEC 2).
+"""The training engine: a custom tf.distribute loop with the paper's recipe (docs/fidelity.md).
 
 A custom loop rather than `model.fit`: the EMA must cover BN statistics and be swapped in for
 eval, resuming must land on the exact step, and Keras 3's fit has open problems under
