@@ -480,3 +480,12 @@ def test_a_failed_delete_is_reported_with_the_command_to_retry(tmp_path):
     assert "error: exit code 3 from: gcloud compute tpus tpu-vm ssh" in proc.stderr
     assert "error: exit code 5 from: gcloud compute tpus tpu-vm delete my-tpu" in proc.stderr
     assert "Deleting my-tpu FAILED" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", launch.MAIN_MODES)
+def test_main_py_accepts_every_flag_the_launcher_passes(mode):
+    """main.py refuses flags its mode does not use; the launcher must not pass any."""
+    import flags as cli_flags
+
+    names = {arg[2:].split("=", 1)[0] for arg in launch.main_py_args(make_cfg(mode=mode))}
+    assert names - {"mode"} <= cli_flags.MODE_FLAGS[mode]

@@ -462,12 +462,16 @@ def main_py_args(cfg: LaunchConfig) -> list[str]:
         flags["tpu_zone"] = cfg.zone
         if cfg.project:
             flags["gcp_project"] = cfg.project
+    training = cfg.mode != "eval"  # main.py refuses flags its mode does not use
     flags.update(model=cfg.model, dataset=cfg.dataset, data_dir=cfg.data_dir,
-                 model_dir=cfg.model_dir, train_batch_size=cfg.train_batch_size,
-                 eval_batch_size=cfg.train_batch_size,
-                 steps_per_loop=min(cfg.steps_per_loop, cfg.train_steps or cfg.steps_per_loop),
-                 train_steps=cfg.train_steps,
-                 train_epochs=None if cfg.train_epochs is None else f"{cfg.train_epochs:g}")
+                 model_dir=cfg.model_dir,
+                 train_batch_size=cfg.train_batch_size if training else None,
+                 eval_batch_size=cfg.train_batch_size)
+    if training:
+        flags.update(
+            steps_per_loop=min(cfg.steps_per_loop, cfg.train_steps or cfg.steps_per_loop),
+            train_steps=cfg.train_steps,
+            train_epochs=None if cfg.train_epochs is None else f"{cfg.train_epochs:g}")
     overridden = {_flag_name(a) for a in cfg.extra_args}
     args = [f"--{k}" if v is True else f"--{k}={v}" for k, v in flags.items()
             if v is not None and k not in overridden]
