@@ -252,3 +252,12 @@ def test_lars_skips_bn_and_biases_of_efficientnet():
     assert all(v.path.rsplit("/", 1)[-1] in ("gamma", "beta", "bias") for v in skipped)
     assert {v.path for v in l2_variables(model)} - {v.path for v in scaled} == {
         v.path for v in skipped if v.path.endswith("bias")}
+
+
+def test_train_epochs_give_the_references_step_count():
+    from efficientnet_tf.training.trainer import total_train_steps
+
+    # The reference's --train_steps default: int(350 * 1281167 / 2048).
+    assert total_train_steps(1_281_167, 2048, None, 350) == 218_949
+    assert total_train_steps(1_281_167, 2048, 1000, 350) == 1000
+    assert total_train_steps(64, 8, None, None) is None

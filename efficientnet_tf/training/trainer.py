@@ -58,13 +58,10 @@ class Trainer:
         self.total_steps = None
         if training:
             data_lib.steps_per_epoch(self.info, self.global_batch)  # at least one full batch
-            # As the reference: a fractional epoch (train images / batch) for the LR schedule,
-            # and --train_epochs as int(epochs * that) steps (350 ImageNet epochs at 2048: 218949).
+            # As the reference: a fractional epoch (train images / batch) for the LR schedule.
             self.steps_per_epoch = self.info.train_size / self.global_batch
-            if train.train_steps is not None:
-                self.total_steps = train.train_steps
-            elif train.train_epochs is not None:
-                self.total_steps = max(1, int(train.train_epochs * self.steps_per_epoch))
+            self.total_steps = total_train_steps(self.info.train_size, self.global_batch,
+                                                 train.train_steps, train.train_epochs)
         self.model_dir = train.model_dir
         if not self.model_dir:
             raise ValueError("--model_dir is required: checkpoints, config.json and "
@@ -403,6 +400,17 @@ class Trainer:
         with writer.as_default(step=0):
             tf.summary.image("input_images", tf.cast(images, tf.float32) / 255.0,
                              max_outputs=count)
+
+
+def total_train_steps(train_size: int, global_batch: int, train_steps: int | None,
+                      train_epochs: float | None) -> int | None:
+    """--train_steps, else int(epochs x images / batch) as the reference (350 ImageNet epochs at
+    batch 2048: 218949, its --train_steps default)."""
+    if train_steps is not None:
+        return train_steps
+    if train_epochs is None:
+        return None
+    return max(1, int(train_epochs * train_size / global_batch))
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
