@@ -80,10 +80,10 @@ def too_large(dimensions, max_pixels: int):
                          height * width > max_pixels)
 
 
-def check_image_pixels(image_bytes, max_pixels: int = MAX_IMAGE_PIXELS, where=""):
+def check_image_pixels(image_bytes, max_pixels: int = MAX_IMAGE_PIXELS):
     """An assertion (InvalidArgument) that one encoded image has at most `max_pixels` pixels,
-    naming `where` (e.g. the record) and the size its header claims."""
+    with the size its header claims (the input pipeline's error names the record)."""
     dimensions = image_dimensions(image_bytes)
     return tf.debugging.Assert(tf.logical_not(too_large(dimensions, max_pixels)), [
-        f"Image too large or of unreadable size (limit {max_pixels} pixels){where}: header "
-        "height, width", dimensions], summarize=4)
+        f"Image too large or of unreadable size (limit {max_pixels} pixels): header height, "
+        "width", dimensions], summarize=4)
