@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="EfficientNet B0-B8, L2 and Lite in Keras 3 with the paper's training recipe",
     packages=find_packages(include=["efficientnet_tf", "efficientnet_tf.*"]),
-    py_modules=["main", "flags"],
+    entry_points={"console_scripts": ["efficientnet-tf=efficientnet_tf.cli.main:run"]},
     package_data={"efficientnet_tf": ["resources/*"]},
     include_package_data=True,
     python_requires=">=3.10",
@@ -29,7 +29,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        # tensorflow-hub + tf-keras: the hub.KerasLayer test of the TF-Hub-style export.
-        "test": ["pytest>=7", "tensorflow-hub", "tf-keras"],
+        # tensorflow-hub + tf-keras: the hub.KerasLayer test of the TF-Hub-style export;
+        # jax[cpu]: the model core on Keras' JAX backend (tests/test_backends.py); ruff: the
+        # linter tests/test_lint.py runs.
+        "test": ["pytest>=7", "tensorflow-hub", "tf-keras", "jax[cpu]", "ruff"],
     },
 )

@@ -34,7 +34,8 @@ from efficientnet_tf.data.tfrecord import list_shards, parse_example  # noqa: E4
 
 def write_data(root: str, num_images: int) -> None:
     rng = np.random.default_rng(0)
-    images = [encode(natural_image(int(rng.integers(300, 400)), int(rng.integers(350, 450)), seed=i),
+    images = [encode(natural_image(int(rng.integers(300, 400)),
+                                   int(rng.integers(350, 450)), seed=i),
                      quality=90) for i in range(num_images)]
     labels = rng.integers(0, 1000, num_images)
     write_image_tfrecords(root, "train", images, labels, num_shards=8)

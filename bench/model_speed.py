@@ -20,7 +20,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+# run from a checkout
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MODES = ("infer", "latency", "train")
 
@@ -29,11 +30,12 @@ def _build_pair(name: str):
     import keras
 
     from efficientnet_tf.model import build_model
+    from efficientnet_tf.network import model_config
 
     phi = int(name[1:])
     ours = build_model(model_name=f"efficientnet-{name}")
     theirs = getattr(keras.applications, f"EfficientNetB{phi}")(weights=None)
-    return ours, theirs, ours.efficientnet_config.resolution
+    return ours, theirs, model_config(ours).resolution
 
 
 def _compiled_step(model, mode: str):

@@ -12,8 +12,8 @@ float [0, 255] image goes through:
 - tflite_int8: `export_tflite(quantize="int8")`, calibrated on random images (speed only).
 Timed runs alternate between the variants so they share the machine's noise; each repeat times
 `iters` calls. Reported: median and minimum ms per call over repeats, and ratio = variant /
-keras_apps latency (lower is faster). Targets: saved_model <= 0.8, TFLite B1 <= 0.35 (met by tflite_int8).
-On a shared machine the minimum is the steadier number.
+keras_apps latency (lower is faster). Targets: saved_model <= 0.8, TFLite B1 <= 0.35 (met by
+tflite_int8). On a shared machine the minimum is the steadier number.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+# Run from a checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 VARIANTS = ("keras_apps", "ours_keras", "saved_model", "tflite", "tflite_int8")
 
@@ -45,7 +46,7 @@ def _measure(name: str, workdir: str, repeats: int, iters: int) -> dict:
     import keras
 
     from efficientnet_tf import export
-    from efficientnet_tf.model import build_model
+    from efficientnet_tf.model import build_model, config_name
 
     ours = build_model(model_name=f"efficientnet-{name}")
     size = ours.input_shape[1]
@@ -101,7 +102,7 @@ def _measure(name: str, workdir: str, repeats: int, iters: int) -> dict:
     rows = {k: {"median_ms": statistics.median(v), "min_ms": min(v),
                 "ratio_median": statistics.median(v) / base_median, "ratio_min": min(v) / base_min}
             for k, v in times.items()}
-    return {"model": ours.efficientnet_config.name, "resolution": size, "rows": rows,
+    return {"model": config_name(ours), "resolution": size, "rows": rows,
             "max_rel_prob_delta_vs_ours_keras": deltas}
 
 

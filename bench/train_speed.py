@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import statistics
+import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+# run from a checkout
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -28,6 +29,7 @@ import tensorflow as tf  # noqa: E402
 
 from efficientnet_tf import config as cfg  # noqa: E402
 from efficientnet_tf.data import DataConfig  # noqa: E402
+from efficientnet_tf.experiment import ExperimentConfig  # noqa: E402
 from efficientnet_tf.model import build_model  # noqa: E402
 from efficientnet_tf.training.optimizer import RMSpropTF  # noqa: E402
 from efficientnet_tf.training.trainer import Trainer  # noqa: E402
@@ -51,14 +53,14 @@ def fit_runner(model, x, y):
 
 
 def recipe_runner(x, y, image_size, model_dir):
-    experiment = cfg.ExperimentConfig(
+    experiment = ExperimentConfig(
         model=cfg.get_model_config("efficientnet-b0", resolution=image_size, num_classes=1000),
         data=DataConfig(dataset="synthetic", num_classes=1000, synthetic_train_size=len(x)),
-        train=cfg.TrainConfig(model_dir=model_dir, train_batch_size=len(x), train_steps=10**6,
-                              mixed_precision="float32"))
+        recipe=cfg.RecipeConfig(train_batch_size=len(x), train_steps=10**6),
+        runtime=cfg.RuntimeConfig(model_dir=model_dir, mixed_precision="float32"))
     trainer = Trainer(experiment, tf.distribute.get_strategy())
     loop = trainer._build_train_loop()
-    iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+    iterator = iter(tf.data.Dataset.from_tensors((x, y, 0)).repeat())  # 0 skipped records
 
     def run(steps):
         loop(iterator, tf.constant(steps, tf.int32)).numpy()

@@ -12,9 +12,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnet_tf import export
+from efficientnet_tf.config import ConfigError
 from efficientnet_tf.data.preprocessing import preprocess_for_eval
 from efficientnet_tf.files import write_bytes_atomic
+from efficientnet_tf.model import (
+    classifier_layer,
+    eval_resize_method,
+    model_image_size,
+    outputs_logits,
+)
 
 FEATURE_LAYER = "top_activation"
 OVERLAY_ALPHA = 0.5
@@ -27,7 +33,7 @@ def cam_model(model: keras.Model) -> keras.Model:
     except ValueError:
         raise ValueError(f"{model.name} has no {FEATURE_LAYER!r} layer: class activation maps "
                          "need an EfficientNet classifier from build_model.") from None
-    export.classifier_layer(model)
+    classifier_layer(model)
     return keras.Model(model.inputs, [features, model.outputs[0]], name=f"{model.name}-cam")
 
 
@@ -44,13 +50,13 @@ def class_activation_map(model: keras.Model, image, class_index: int | None = No
     features, outputs = cam_model(model)(image[None], training=False)
     features = tf.cast(features[0], tf.float32)
     outputs = tf.cast(outputs[0], tf.float32)
-    probs = tf.nn.softmax(outputs) if export.outputs_logits(model) else outputs
+    probs = tf.nn.softmax(outputs) if outputs_logits(model) else outputs
     num_classes = int(probs.shape[-1])
     if class_index is None:
         class_index = int(tf.argmax(probs))
     elif not 0 <= class_index < num_classes:
         raise ValueError(f"class_index={class_index}: the model has {num_classes} classes.")
-    weights = tf.cast(export.classifier_layer(model).kernel[:, class_index], tf.float32)
+    weights = tf.cast(classifier_layer(model).kernel[:, class_index], tf.float32)
     cam = tf.nn.relu(tf.tensordot(features, weights, axes=[[2], [0]]))
     cam = tf.image.resize(cam[..., None], tf.shape(image)[:2], method="bilinear")[..., 0]
     low, high = tf.reduce_min(cam), tf.reduce_max(cam)
@@ -97,10 +103,10 @@ def cam_for_image_file(model: keras.Model, image_path: str, output_path: str, *,
     from efficientnet_tf.predict import read_image_file
 
     if not str(output_path).lower().endswith(".png"):
-        raise ValueError(f"--output={output_path}: the overlay is written as PNG; use a .png path.")
-    size = export.model_image_size(model, None)
+        raise ConfigError(f"output={output_path}: the overlay is written as PNG; use a .png path.")
+    size = model_image_size(model)
     image = preprocess_for_eval(tf.constant(read_image_file(image_path)), size,
-                                resize_method=export.eval_resize_method(model, resize_method),
+                                resize_method=eval_resize_method(model, resize_method),
                                 half_pixel_centers=half_pixel_centers)
     cam, index, probability = class_activation_map(model, image, class_index)
     write_png(output_path, overlay(image.numpy(), cam))

@@ -55,17 +55,42 @@ MODEL_NAMES = tuple(SCALING_TABLE)
 ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
 BASE_RESOLUTION = 224
 
-_BLOCK_RE = re.compile(r"^r(\d+)_k(\d+)_s(\d)(\d)_e(\d+(?:\.\d+)?)_i(\d+)_o(\d+)(?:_se(\d+(?:\.\d+)?))?(_noskip)?$")
+_BLOCK_RE = re.compile(r"^r(\d+)_k(\d+)_s(\d)(\d)_e(\d+(?:\.\d+)?)_i(\d+)_o(\d+)"
+                       r"(?:_se(\d+(?:\.\d+)?))?(_noskip)?$")
+
+
+class ConfigError(ValueError):
+    """A setting, file or request the user can fix. The CLI prints it as one line, with a
+    leading `Config.field=value` spelled as the flag; every other exception keeps its
+    traceback."""
 
 
 def _check_known_keys(cls, d: Mapping[str, Any]):
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise ValueError(f"Unknown {cls.__name__} keys: {unknown}")
+        raise ConfigError(f"Unknown {cls.__name__} keys: {unknown}")
+
+
+def setting(default, help_text: str, choices: tuple | None = None):
+    """A config field with the help text (and allowed values) its command-line flag shows."""
+    metadata = {"help": help_text}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 class ConfigMixin:
     """replace/to_dict/to_json/from_dict for the frozen config dataclasses; unknown keys fail."""
+
+    def _require(self, ok: bool, field: str, msg: str):
+        if not ok:
+            name = type(self).__name__
+            raise ConfigError(f"{name}.{field}={getattr(self, field)!r}: {msg}")
+
+    def _require_choice(self, field: str):
+        choices = next(f for f in dataclasses.fields(self) if f.name == field).metadata["choices"]
+        self._require(getattr(self, field) in choices, field,
+                      f"must be one of {', '.join(map(str, choices))}")
 
     def replace(self, **overrides):
         _check_known_keys(type(self), overrides)
@@ -100,12 +125,13 @@ class BlockArgs:
 def decode_block_string(block_string: str) -> BlockArgs:
     m = _BLOCK_RE.match(block_string)
     if not m:
-        raise ValueError(
+        raise ConfigError(
             f"Invalid block string {block_string!r}: expected 'rR_kK_sSS_eE_iI_oO[_seX][_noskip]', "
             "e.g. 'r1_k3_s11_e1_i32_o16_se0.25'.")
     r, k, s1, s2, e, i, o, se, noskip = m.groups()
     if s1 != s2:
-        raise ValueError(f"Invalid block string {block_string!r}: only square strides are supported.")
+        raise ConfigError(f"Invalid block string {block_string!r}: "
+                          "only square strides are supported.")
     expand = float(e)
     return BlockArgs(
         num_repeat=int(r), kernel_size=int(k), strides=int(s1),
@@ -141,9 +167,10 @@ def round_repeats(repeats: int, depth_coefficient: float) -> int:
     return int(math.ceil(depth_coefficient * repeats))
 
 
-def compound_coefficients(phi: float, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA,
-                          base_resolution: int = BASE_RESOLUTION):
-    """Paper eq. 3: depth alpha^phi, width beta^phi, resolution gamma^phi (rounded to a multiple of 8)."""
+def compound_coefficients(phi: float, alpha: float = ALPHA, beta: float = BETA,
+                          gamma: float = GAMMA, base_resolution: int = BASE_RESOLUTION):
+    """Paper eq. 3: depth alpha^phi, width beta^phi, resolution gamma^phi (rounded to a multiple
+    of 8)."""
     depth = alpha ** phi
     width = beta ** phi
     resolution = int(round(base_resolution * gamma ** phi / 8.0)) * 8
@@ -182,10 +209,7 @@ class ModelConfig(ConfigMixin):
         self.validate()
 
     def validate(self):
-        def check(ok, field, msg):
-            if not ok:
-                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}: {msg}")
-
+        check = self._require
         check(self.width_coefficient > 0, "width_coefficient", "must be > 0")
         check(self.depth_coefficient > 0, "depth_coefficient", "must be > 0")
         check(isinstance(self.resolution, int) and self.resolution >= 32, "resolution",
@@ -216,20 +240,32 @@ class ModelConfig(ConfigMixin):
             return ADVPROP_MEAN_RGB, ADVPROP_STDDEV_RGB
         return self.mean_rgb, self.stddev_rgb
 
+    def backbone(self) -> dict:
+        """What the backbone's variables depend on: equal for two configs when a checkpoint of
+        one loads into the other whatever their input size, head or input normalization."""
+        return {k: v for k, v in self.architecture().items() if k in BACKBONE_FIELDS}
+
     def architecture(self) -> dict:
-        """The network a checkpoint belongs to: every field but how replicas share BN
-        statistics during training (same weights either way)."""
+        """The network a checkpoint belongs to, the one test of "same network": every field but
+        the training-only regularization and how replicas share BN statistics (same weights and
+        same inference function either way)."""
         return {k: v for k, v in json.loads(json.dumps(self.to_dict())).items()
-                if k != "bn_group_size"}
+                if k not in TRAINING_ONLY_FIELDS}
 
 
 ACTIVATIONS = ("swish", "relu6", "relu", "gelu")
+# ModelConfig fields that decide the backbone's graph and so its variables.
+BACKBONE_FIELDS = ("width_coefficient", "depth_coefficient", "blocks", "stem_filters",
+                   "head_filters", "fix_head_stem", "depth_divisor", "min_depth", "activation")
+# ModelConfig fields that change training, not the network: fine-tuning with another dropout
+# continues the same model.
+TRAINING_ONLY_FIELDS = ("dropout_rate", "survival_prob", "bn_group_size", "bn_momentum")
 
 
 def get_model_config(name: str, **overrides) -> ModelConfig:
     """The named variant from the scaling table, with optional overrides (unknown keys rejected)."""
     if name not in SCALING_TABLE:
-        raise ValueError(f"Unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+        raise ConfigError(f"Unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
     width, depth, resolution, dropout = SCALING_TABLE[name]
     base = dict(name=name, width_coefficient=width, depth_coefficient=depth,
                 resolution=resolution, dropout_rate=dropout)
@@ -250,9 +286,9 @@ def config_for_phi(phi: float, alpha: float = ALPHA, beta: float = BETA, gamma: 
     if float(phi).is_integer() and 0 <= phi <= 7 and (alpha, beta, gamma) == (ALPHA, BETA, GAMMA):
         return get_model_config(f"efficientnet-b{int(phi)}", **overrides)
     if phi < 0:
-        raise ValueError(f"phi={phi}: must be >= 0")
+        raise ConfigError(f"phi={phi}: must be >= 0")
     if min(alpha, beta, gamma) < 1.0:
-        raise ValueError(f"alpha, beta, gamma = {alpha}, {beta}, {gamma}: each must be >= 1")
+        raise ConfigError(f"alpha, beta, gamma = {alpha}, {beta}, {gamma}: each must be >= 1")
     width, depth, resolution = compound_coefficients(phi, alpha, beta, gamma)
     return ModelConfig(name=f"efficientnet-phi{phi:g}", width_coefficient=width,
                        depth_coefficient=depth, resolution=resolution,
@@ -280,16 +316,27 @@ def scaled_filters(config: ModelConfig, filters: int) -> int:
 
 
 def stem_filters(config: ModelConfig) -> int:
-    return config.stem_filters if config.fix_head_stem else scaled_filters(config, config.stem_filters)
+    return (config.stem_filters if config.fix_head_stem
+            else scaled_filters(config, config.stem_filters))
 
 
 def head_filters(config: ModelConfig) -> int:
-    return config.head_filters if config.fix_head_stem else scaled_filters(config, config.head_filters)
+    return (config.head_filters if config.fix_head_stem
+            else scaled_filters(config, config.head_filters))
 
+
+# Serving limits of exported models: PIL's decompression-bomb threshold (pixels an encoded image's
+# header may claim) and the images one request may hold.
+MAX_IMAGE_PIXELS = 89_478_485
+MAX_SERVING_BATCH_SIZE = 256
 
 LR_SCHEDULES = ("exponential", "cosine", "poly", "constant")
 OPTIMIZERS = ("rmsprop", "sgd", "momentum", "lars")
 RESIZE_METHODS = ("bicubic", "bilinear")
+MIXED_PRECISION = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+JIT_COMPILE = ("auto", "on", "off")
+STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker_mirrored", "one_device")
+BN_MODES = ("train", "frozen")
 
 
 def reference_resize_method(model_name: str) -> str:
@@ -298,98 +345,126 @@ def reference_resize_method(model_name: str) -> str:
     if model_name.startswith(("efficientnet-lite", "efficientnet-edgetpu")):
         return "bilinear"
     return "bicubic"
-MIXED_PRECISION = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker_mirrored", "one_device")
-BN_MODES = ("train", "frozen")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig(ConfigMixin):
-    """The training recipe (docs/fidelity.md) and where its outputs go."""
+class RecipeConfig(ConfigMixin):
+    """How a model is trained: everything its results depend on besides the model and the data
+    (docs/recipe.md). Defaults are the reference's ImageNet recipe."""
 
-    model_dir: str | None = None
-    train_batch_size: int = 2048
-    eval_batch_size: int = 1024
-    train_steps: int | None = None
-    train_epochs: float | None = 350.0
-    steps_per_eval: int = 6255
-    steps_per_loop: int = 100
-    base_learning_rate: float = 0.016
-    lr_schedule: str = "exponential"
-    lr_warmup_epochs: float = 5.0
-    lr_decay_epoch: float = 2.4
-    lr_decay_factor: float = 0.97
-    lr_continuous_warmup: bool = False
-    optimizer: str = "rmsprop"
-    lars_weight_decay: float = 1e-5
-    lars_epsilon: float = 0.0
-    moving_average_decay: float = 0.9999
-    weight_decay: float = 1e-5
-    label_smoothing: float = 0.1
-    mixed_precision: str = "auto"
-    strategy: str = "auto"
-    use_tpu: bool = False
-    tpu: str | None = None
-    tpu_zone: str | None = None
-    gcp_project: str | None = None
-    num_gpus: int | None = None
-    weights: str | None = None
-    freeze_backbone: bool = False
-    bn_mode: str = "train"
-    keep_checkpoint_max: int = 5
-    seed: int | None = None
+    train_batch_size: int = setting(2048, "Global training batch.")
+    train_steps: int | None = setting(None, "Total optimizer steps; takes precedence over "
+                                      "--train_epochs.")
+    train_epochs: float | None = setting(350.0, "Total epochs over the training split "
+                                         "(paper: 350).")
+    base_learning_rate: float = setting(0.016, "Learning rate per 256 images; scaled linearly "
+                                        "with the global batch.")
+    lr_schedule: str = setting("exponential", "After the linear warmup.", LR_SCHEDULES)
+    lr_warmup_epochs: float = setting(5.0, "Linear warmup length.")
+    lr_decay_epoch: float = setting(2.4, "exponential: multiply by --lr_decay_factor every "
+                                    "this many epochs.")
+    lr_decay_factor: float = setting(0.97, "exponential decay factor.")
+    lr_continuous_warmup: bool = setting(
+        False, "Count the decay from the end of warmup, so the LR is continuous there. "
+        "Default: the reference, which counts it from step 0 (0.97^2 of the peak right after "
+        "5 warmup epochs).")
+    optimizer: str = setting("rmsprop", "The reference's optimizers, with its TF1 update rules "
+                             "and hyperparameters.", OPTIMIZERS)
+    lars_weight_decay: float = setting(1e-5, "--optimizer=lars: weight decay inside LARS (on "
+                                       "top of --weight_decay).")
+    lars_epsilon: float = setting(0.0, "--optimizer=lars: epsilon.")
+    moving_average_decay: float = setting(0.9999, "EMA of weights and BN statistics used for "
+                                          "eval/export; 0 disables.")
+    weight_decay: float = setting(1e-5, "L2 coefficient on sum(w^2)/2 over all weights but BN "
+                                  "gamma/beta.")
+    label_smoothing: float = setting(0.1, "Label smoothing.")
+    weights: str | None = setting(None, "Initialize (train) or evaluate (eval) from a converted "
+                                  ".weights.h5 file or an official checkpoint; a different "
+                                  "--num_classes replaces the classifier.")
+    freeze_backbone: bool = setting(False, "Fine-tuning: train only the classifier; the frozen "
+                                    "backbone's BN runs in inference mode.")
+    bn_mode: str = setting("train", "frozen: every BatchNormalization uses its moving "
+                           "statistics and keeps gamma/beta fixed (small-batch fine-tuning).",
+                           BN_MODES)
+    seed: int | None = setting(None, "Random seed: initialization, dropout and stochastic "
+                               "depth, the input pipeline, synthetic data and --mode=prepare "
+                               "shuffling.")
 
     def __post_init__(self):
-        def check(ok, field, msg):
-            if not ok:
-                raise ValueError(f"--{field}={getattr(self, field)!r}: {msg}")
-
+        check = self._require
         check(self.train_batch_size >= 1, "train_batch_size", "must be >= 1")
-        check(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
         check(self.train_steps is None or self.train_steps >= 1, "train_steps", "must be >= 1")
         check(self.train_epochs is None or self.train_epochs > 0, "train_epochs", "must be > 0")
-        check(self.steps_per_eval >= 1, "steps_per_eval", "must be >= 1")
-        check(self.steps_per_loop >= 1, "steps_per_loop", "must be >= 1")
         check(self.base_learning_rate > 0, "base_learning_rate", "must be > 0")
-        check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {LR_SCHEDULES}")
+        self._require_choice("lr_schedule")
         check(self.lr_warmup_epochs >= 0, "lr_warmup_epochs", "must be >= 0")
         check(self.lr_decay_epoch > 0, "lr_decay_epoch", "must be > 0")
         check(0 < self.lr_decay_factor <= 1, "lr_decay_factor", "must be in (0, 1]")
-        check(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
+        self._require_choice("optimizer")
         check(self.lars_weight_decay >= 0, "lars_weight_decay", "must be >= 0")
         check(self.lars_epsilon >= 0, "lars_epsilon", "must be >= 0")
         check(0 <= self.moving_average_decay < 1, "moving_average_decay",
               "must be in [0, 1) (0 disables the EMA)")
         check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
-        check(self.mixed_precision in MIXED_PRECISION, "mixed_precision",
-              f"must be one of {MIXED_PRECISION}")
-        check(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
-        check(self.num_gpus is None or self.num_gpus >= 0, "num_gpus",
-              "must be >= 0 (0: no GPU, the CPU; unset: every visible GPU)")
-        check(self.bn_mode in BN_MODES, "bn_mode", f"must be one of {BN_MODES}")
-        check(self.keep_checkpoint_max >= 1, "keep_checkpoint_max", "must be >= 1")
+        self._require_choice("bn_mode")
 
 
 @dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-    """One run: model, data and recipe. Written as `config.json` next to the checkpoints."""
+class RuntimeConfig(ConfigMixin):
+    """Where and how a run executes: devices, precision policy, output directory and loop
+    sizes. Changing these resumes the same run."""
 
-    model: ModelConfig
-    data: Any
-    train: TrainConfig
+    model_dir: str | None = setting(None, "Checkpoints, config.json, TensorBoard logs, "
+                                    "eval_results.json and best.weights.h5 go here (local path "
+                                    "or gs://).")
+    eval_batch_size: int = setting(1024, "Global eval batch.")
+    steps_per_eval: int = setting(6255, "Checkpoint (and, in train_and_eval, evaluate) every "
+                                  "this many steps.")
+    steps_per_loop: int = setting(100, "Steps per compiled host loop (iterations per loop); "
+                                  "also the logging interval.")
+    keep_checkpoint_max: int = setting(5, "Checkpoints kept in --model_dir (the best weights "
+                                       "are kept apart).")
+    mixed_precision: str = setting("auto", "auto: bfloat16 on TPU, float16 with loss scaling on "
+                                   "GPU, float32 on CPU.", MIXED_PRECISION)
+    strategy: str = setting("auto", "tf.distribute strategy.", STRATEGIES)
+    use_tpu: bool = setting(False, "Train on Cloud TPU (same as --strategy=tpu).")
+    tpu: str | None = setting(None, "TPU name or grpc:// address ('local' on a TPU VM).")
+    tpu_zone: str | None = setting(None, "GCE zone of the TPU (optional).")
+    gcp_project: str | None = setting(None, "GCP project of the TPU (optional).")
+    num_gpus: int | None = setting(None, "GPUs to mirror over (default: all visible; 0: none, "
+                                   "run on the CPU).")
+    num_cpu_devices: int | None = setting(None, "Split the host CPU into this many logical "
+                                          "devices, to run multi-replica code without GPUs "
+                                          "(debugging, tests).")
+    jit_compile: str = setting("auto", "XLA-compile the train and eval steps. auto: on for GPU, "
+                               "off on CPU; TPU always compiles.", JIT_COMPILE)
+    profile_steps: str | None = setting(
+        None, "START,END: a TensorBoard profiler trace of training steps START..END (1-based, "
+        "inclusive) in MODEL_DIR/train/plugins/profile.")
 
-    def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "data": self.data.to_dict(),
-                "train": self.train.to_dict()}
+    def __post_init__(self):
+        check = self._require
+        check(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+        check(self.steps_per_eval >= 1, "steps_per_eval", "must be >= 1")
+        check(self.steps_per_loop >= 1, "steps_per_loop", "must be >= 1")
+        check(self.keep_checkpoint_max >= 1, "keep_checkpoint_max", "must be >= 1")
+        self._require_choice("mixed_precision")
+        self._require_choice("strategy")
+        check(self.num_gpus is None or self.num_gpus >= 0, "num_gpus",
+              "must be >= 0 (0: no GPU, the CPU; unset: every visible GPU)")
+        check(self.num_cpu_devices is None or self.num_cpu_devices >= 1, "num_cpu_devices",
+              "must be >= 1")
+        self._require_choice("jit_compile")
+        self.profile_range()  # validates profile_steps
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
-        from efficientnet_tf.data.config import DataConfig
-
-        _check_known_keys(cls, d)
-        return cls(model=ModelConfig.from_dict(d["model"]), data=DataConfig.from_dict(d["data"]),
-                   train=TrainConfig.from_dict(d["train"]))
+    def profile_range(self) -> tuple[int, int] | None:
+        """(START, END) of `profile_steps`, or None when no trace is asked for."""
+        if self.profile_steps is None:
+            return None
+        parts = self.profile_steps.split(",")
+        valid = len(parts) == 2 and all(p.strip().isdigit() for p in parts)
+        start, end = (int(p) for p in parts) if valid else (0, 0)
+        self._require(valid and 1 <= start <= end, "profile_steps",
+                      "expected START,END with 1 <= START <= END, e.g. 10,20")
+        return start, end

@@ -6,6 +6,8 @@ import math
 import keras
 from keras import ops
 
+from efficientnet_tf.config import ConfigError
+
 # As the reference: untruncated normal, std sqrt(2 / fan_out), fan_out = kh * kw * out_channels.
 CONV_KERNEL_INITIALIZER = {
     "class_name": "VarianceScaling",
@@ -47,7 +49,7 @@ def bn_group_size(num_replicas: int, group_size: int | None = None) -> int:
     else:
         size = group_size
     if num_replicas % size:
-        raise ValueError(
+        raise ConfigError(
             f"bn_group_size={group_size!r} gives groups of {size} replicas, which do not divide "
             f"the {num_replicas} replicas; pass --bn_group_size as a divisor of {num_replicas} "
             "(0 = all replicas, 1 = per replica).")
@@ -284,7 +286,8 @@ class SqueezeExcite(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="efficientnet_tf")
 class MBConvBlock(keras.layers.Layer):
-    """Mobile inverted bottleneck (paper section 4, Table 1): expand -> depthwise -> SE -> project -> skip.
+    """Mobile inverted bottleneck (paper section 4, Table 1): expand -> depthwise -> SE ->
+    project -> skip.
 
     Sub-layer names follow keras.applications (`<block>_expand_conv` there is
     `<block>/expand_conv` here) so weights map one to one.

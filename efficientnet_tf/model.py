@@ -1,4 +1,5 @@
-"""`build_model`: the compound-scaled EfficientNet as a Keras 3 functional model.
+"""`build_model`: the compound-scaled EfficientNet, keras.applications style, and what a built
+model answers about itself (input size, classifier, name, eval resize).
 
 Input contract (every artifact built here): float RGB in [0, 255]; normalization happens inside.
 """
@@ -6,87 +7,14 @@ from __future__ import annotations
 
 import keras
 
-from efficientnet_tf import config as cfg
-from efficientnet_tf.layers import (CONV_KERNEL_INITIALIZER, DENSE_KERNEL_INITIALIZER,
-                                    ImageNormalization, MBConvBlock, ReplicaDropout, batch_norm,
-                                    get_activation)
-
-def resolve_config(phi=None, model_name=None, config=None, **overrides) -> cfg.ModelConfig:
-    """Exactly one of phi / model_name / config picks the network (default: B0)."""
-    given = [x is not None for x in (phi, model_name, config)]
-    if sum(given) > 1:
-        raise ValueError("Pass only one of phi, model_name or config.")
-    if config is not None:
-        return config.replace(**overrides) if overrides else config
-    if phi is not None:
-        return cfg.config_for_phi(phi, **overrides)
-    return cfg.get_model_config(model_name or "efficientnet-b0", **overrides)
-
-
-def block_name(stage: int, index: int) -> str:
-    """keras.applications naming: block1a, block1b, ... (two letters past 26 repeats)."""
-    suffix = chr(97 + index) if index < 26 else chr(96 + index // 26) + chr(97 + index % 26)
-    return f"block{stage + 1}{suffix}"
-
-
-def _backbone(config: cfg.ModelConfig, inputs):
-    """Stem, MBConv stages and head conv. Returns the head output and the reduction endpoints."""
-    act = get_activation(config.activation)
-
-    def bn(name):
-        return batch_norm(name, config.bn_momentum, config.bn_epsilon, config.bn_group_size)
-
-    x = ImageNormalization(*config.input_normalization(), name="normalization")(inputs)
-    x = keras.layers.Conv2D(cfg.stem_filters(config), 3, strides=2, padding="same", use_bias=False,
-                            kernel_initializer=CONV_KERNEL_INITIALIZER, name="stem_conv")(x)
-    x = bn("stem_bn")(x)
-    x = keras.layers.Activation(act, name="stem_activation")(x)
-
-    stages = cfg.stage_table(config)
-    total_blocks = sum(s.num_repeat for s in stages)
-    drop_connect_rate = 1.0 - config.survival_prob
-    endpoints = {}
-    reduction = 1
-    block_index = 0
-    for stage_idx, stage in enumerate(stages):
-        for j in range(stage.num_repeat):
-            strides = stage.strides if j == 0 else 1
-            if strides > 1:
-                endpoints[f"reduction_{reduction}"] = x
-                reduction += 1
-            x = MBConvBlock(
-                input_filters=stage.input_filters if j == 0 else stage.output_filters,
-                output_filters=stage.output_filters, kernel_size=stage.kernel_size,
-                strides=strides, expand_ratio=stage.expand_ratio, se_ratio=stage.se_ratio,
-                id_skip=stage.id_skip, drop_rate=drop_connect_rate * block_index / total_blocks,
-                activation=config.activation, bn_momentum=config.bn_momentum,
-                bn_epsilon=config.bn_epsilon, bn_group_size=config.bn_group_size,
-                name=block_name(stage_idx, j))(x)
-            block_index += 1
-    endpoints[f"reduction_{reduction}"] = x
-
-    x = keras.layers.Conv2D(cfg.head_filters(config), 1, padding="same", use_bias=False,
-                            kernel_initializer=CONV_KERNEL_INITIALIZER, name="top_conv")(x)
-    x = bn("top_bn")(x)
-    x = keras.layers.Activation(act, name="top_activation")(x)
-    return x, endpoints
-
-
-def _inputs(config, input_tensor, input_shape):
-    if input_shape is None:
-        input_shape = (config.resolution, config.resolution, 3)
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape={input_shape}: expected (height, width, 3) RGB.")
-    if input_tensor is not None:
-        if keras.backend.is_keras_tensor(input_tensor):
-            return input_tensor
-        return keras.Input(tensor=input_tensor, shape=input_shape)
-    return keras.Input(shape=input_shape, name="image")
-
-
-def _is_mixed_precision() -> bool:
-    policy = keras.mixed_precision.global_policy()
-    return policy.compute_dtype != policy.variable_dtype
+from efficientnet_tf.config import ConfigError, reference_resize_method
+from efficientnet_tf.network import (
+    build_feature_network,
+    build_network,
+    model_config,
+    resolve_config,
+)
+from efficientnet_tf.weights import load_weights
 
 
 def build_model(phi=None, *, model_name=None, config=None, include_top=True, weights=None,
@@ -106,35 +34,16 @@ def build_model(phi=None, *, model_name=None, config=None, include_top=True, wei
     if classes is not None:
         overrides["num_classes"] = classes
     config = resolve_config(phi, model_name, config, **overrides)
-    if pooling not in (None, "avg", "max"):
-        raise ValueError(f"pooling={pooling!r}: expected None, 'avg' or 'max'.")
     if weights == "imagenet":
-        raise ValueError(
+        raise ConfigError(
             "weights='imagenet' needs a download, which this package never does. Convert a "
             "checkpoint once with `python main.py --mode=convert --model=NAME --ckpt_path=SRC "
             "--output=DST.weights.h5` and pass weights=DST.weights.h5.")
-
-    inputs = _inputs(config, input_tensor, input_shape)
-    x, _ = _backbone(config, inputs)
-    if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        if config.dropout_rate > 0:
-            x = ReplicaDropout(config.dropout_rate, name="top_dropout")(x)
-        # Logits/probabilities stay float32 under mixed precision.
-        x = keras.layers.Dense(
-            config.num_classes, activation=classifier_activation,
-            kernel_initializer=DENSE_KERNEL_INITIALIZER, bias_initializer="zeros",
-            dtype="float32" if _is_mixed_precision() else None, name="predictions")(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-
-    model = keras.Model(inputs, x, name=name or config.name)
-    model.efficientnet_config = config
+    model = build_network(config, include_top=include_top, input_tensor=input_tensor,
+                          input_shape=input_shape, pooling=pooling,
+                          classifier_activation=classifier_activation, name=name)
     if weights is not None:
-        from efficientnet_tf import weights as weights_lib
-        weights_lib.load_weights(model, weights)
+        load_weights(model, weights)
     return model
 
 
@@ -142,11 +51,65 @@ def build_feature_extractor(phi=None, *, model_name=None, config=None, input_sha
                             input_tensor=None, weights=None, name=None, **overrides) -> keras.Model:
     """Backbone returning {'reduction_1'..'reduction_5'}: the last feature map at stride 2^k."""
     config = resolve_config(phi, model_name, config, **overrides)
-    inputs = _inputs(config, input_tensor, input_shape)
-    _, endpoints = _backbone(config, inputs)
-    model = keras.Model(inputs, endpoints, name=name or f"{config.name}-features")
-    model.efficientnet_config = config
+    model = build_feature_network(config, input_tensor=input_tensor, input_shape=input_shape,
+                                  name=name)
     if weights is not None:
-        from efficientnet_tf import weights as weights_lib
-        weights_lib.load_weights(model, weights)
+        load_weights(model, weights)
     return model
+
+
+def model_image_size(model: keras.Model, image_size: int | None = None) -> int:
+    """The square input size S of `model`: its fixed input shape, or `image_size` (required when
+    the shape is not fixed, and checked against it when it is)."""
+    shape = tuple(model.input_shape)
+    height, width = shape[1], shape[2]
+    if image_size is None:
+        if height is None or height != width:
+            raise ValueError(f"{model.name}: input shape {shape} has no fixed square size; pass "
+                             "image_size.")
+        return int(height)
+    if height is not None and (height, width) != (image_size, image_size):
+        raise ValueError(f"image_size={image_size} does not match {model.name}'s input shape "
+                         f"{shape}.")
+    return int(image_size)
+
+
+def classifier_layer(model: keras.Model) -> keras.layers.Dense:
+    """The classifier (`predictions`) of a `build_model(include_top=True)` network."""
+    layer = model.layers[-1]
+    if not isinstance(layer, keras.layers.Dense):
+        raise ValueError(f"{model.name} has no classifier (last layer {layer.name!r} is "
+                         f"{type(layer).__name__}); build it with include_top=True.")
+    return layer
+
+
+def outputs_logits(model: keras.Model) -> bool:
+    """True when the classifier outputs logits, False for softmax probabilities."""
+    activation = classifier_layer(model).activation
+    if activation is keras.activations.linear:
+        return True
+    if activation is keras.activations.softmax:
+        return False
+    raise ValueError(f"{model.name}: classifier activation {activation.__name__!r} is neither "
+                     "softmax nor linear (logits); class probabilities are undefined.")
+
+
+def config_name(model: keras.Model) -> str:
+    """The network's name ('efficientnet-b0', ...) for a model built here, else its Keras name."""
+    config = model_config(model)
+    return config.name if config is not None else model.name
+
+
+def input_normalization(model: keras.Model) -> dict | None:
+    """{"mean", "stddev"} of the (x - mean) / stddev the network applies to its [0, 255] input;
+    None when the model was not built here."""
+    config = model_config(model)
+    if config is None:
+        return None
+    mean, stddev = config.input_normalization()
+    return {"mean": list(mean), "stddev": list(stddev)}
+
+
+def eval_resize_method(model: keras.Model, resize_method: str | None = None) -> str:
+    """`resize_method`, or when None the kernel the reference evaluates this model with."""
+    return resize_method or reference_resize_method(config_name(model))

@@ -13,15 +13,19 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf import export
-from efficientnet_tf.data.image_header import MAX_IMAGE_PIXELS, image_dimensions, too_large
+from efficientnet_tf.config import MAX_IMAGE_PIXELS, ConfigError
+from efficientnet_tf.data.image_header import image_dimensions, too_large
+from efficientnet_tf.export.saved_model import ServingModule
+from efficientnet_tf.export.saving import SERVING_SIGNATURE, read_export_info
+from efficientnet_tf.model import eval_resize_method, model_image_size, outputs_logits
 
 IMAGENET_NUM_CLASSES = 1000
 
 
 @functools.lru_cache(maxsize=1)
 def imagenet_classes() -> tuple[tuple[str, str], ...]:
-    """((synset, name), ...) in class-index order (sorted synsets, as the standard ImageNet conversion)."""
+    """((synset, name), ...) in class-index order: sorted synsets, as the standard ImageNet
+    conversion."""
     text = importlib.resources.files("efficientnet_tf").joinpath(
         "resources", "imagenet_classes.tsv").read_text(encoding="utf-8")
     rows = [line.split("\t") for line in text.splitlines()[1:] if line]
@@ -38,8 +42,8 @@ def class_labels(num_classes: int, class_names=None) -> list[dict]:
     if class_names is not None:
         class_names = [str(c) for c in class_names]
         if len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for a model with {num_classes} "
-                             "classes.")
+            raise ConfigError(f"{len(class_names)} class names for a model with {num_classes} "
+                              "classes.")
         if class_names != synsets:  # TFDS imagenet2012 names its classes by synset
             return [{"label": name} for name in class_names]
     if class_names is not None or num_classes == IMAGENET_NUM_CLASSES:
@@ -55,7 +59,7 @@ def class_names_for_run(model_dir: str):
     ImageNet names for 1000 classes, `class_<i>` otherwise) is logged as a warning.
     """
     from efficientnet_tf.data import get_dataset_info
-    from efficientnet_tf.training.trainer import read_experiment
+    from efficientnet_tf.run_dir import read_experiment
 
     data = read_experiment(model_dir).data
     if data.dataset == "imagenet":
@@ -77,21 +81,21 @@ def read_image_file(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes:
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"Image {path!r} does not exist.")
     if tf.io.gfile.isdir(path):
-        raise ValueError(f"Image {path!r} is a directory, not an image file.")
+        raise ConfigError(f"Image {path!r} is a directory, not an image file.")
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
     if not data:
-        raise ValueError(f"Image {path!r} is an empty file.")
+        raise ConfigError(f"Image {path!r} is an empty file.")
     try:
         dimensions = image_dimensions(data)
         if too_large(dimensions, max_pixels):
             height, width = dimensions.numpy().tolist()
-            raise ValueError(f"Image {path!r}: its header claims {height} x {width} pixels, above "
-                             f"the limit of {max_pixels} (or a size that cannot be read); not "
-                             "decoded.")
+            raise ConfigError(f"Image {path!r}: its header claims {height} x {width} pixels, "
+                              f"above the limit of {max_pixels} (or a size that cannot be read); "
+                              "not decoded.")
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except tf.errors.InvalidArgumentError as e:
-        raise ValueError(f"Image {path!r} cannot be decoded: {e.message.strip()}") from None
+        raise ConfigError(f"Image {path!r} cannot be decoded: {e.message.strip()}") from None
     return data
 
 
@@ -105,12 +109,12 @@ def _load_serving(saved_model_dir):
         raise FileNotFoundError(f"{saved_model_dir!r} is not a SavedModel directory (no "
                                 "saved_model.pb).")
     loaded = tf.saved_model.load(saved_model_dir)
-    signature = loaded.signatures.get(export.SERVING_SIGNATURE)
+    signature = loaded.signatures.get(SERVING_SIGNATURE)
     inputs = signature.structured_input_signature[1] if signature is not None else {}
     outputs = signature.structured_outputs if signature is not None else {}
     if set(inputs) != {"image_bytes"} or "probabilities" not in outputs:
-        raise ValueError(
-            f"{saved_model_dir}: its {export.SERVING_SIGNATURE!r} signature takes "
+        raise ConfigError(
+            f"{saved_model_dir}: its {SERVING_SIGNATURE!r} signature takes "
             f"{sorted(inputs)} and returns {sorted(outputs)}; predict needs an image_bytes input "
             "and a probabilities output (a SavedModel from export_saved_model / --mode=export).")
     return loaded, signature
@@ -137,10 +141,10 @@ def predict_images(paths, *, model=None, saved_model_dir=None, image_size=None, 
     encoded = [read_image_file(p) for p in paths]
     if model is not None:
         # The export's own bytes -> eval preprocessing -> probabilities path, unsaved.
-        serve = export.ServingModule(
-            model, apply_softmax=export.outputs_logits(model), top_k=1,
-            image_size=export.model_image_size(model, image_size),
-            resize_method=export.eval_resize_method(model, resize_method),
+        serve = ServingModule(
+            model, apply_softmax=outputs_logits(model), top_k=1,
+            image_size=model_image_size(model, image_size),
+            resize_method=eval_resize_method(model, resize_method),
             half_pixel_centers=half_pixel_centers).serve_bytes
     else:
         if image_size is not None or resize_method is not None or half_pixel_centers:
@@ -148,7 +152,7 @@ def predict_images(paths, *, model=None, saved_model_dir=None, image_size=None, 
                              "a SavedModel export; do not pass them with saved_model_dir.")
         _, serve = _load_serving(saved_model_dir)
         if class_names is None:
-            class_names = (export.read_export_info(saved_model_dir) or {}).get("class_names")
+            class_names = (read_export_info(saved_model_dir) or {}).get("class_names")
     probs = np.concatenate([serve(image_bytes=tf.constant(batch))["probabilities"].numpy()
                             for batch in _batches(encoded, batch_size)])
     labels = class_labels(probs.shape[-1], class_names)

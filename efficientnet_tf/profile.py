@@ -53,12 +53,6 @@ PAPER_TABLE2 = {
     "efficientnet-b7": (66e6, 37e9),
 }
 
-# The fields that change parameter or MAC counts; a config differing from the named one in any of
-# them is not the network the paper measured.
-_ARCH_FIELDS = ("width_coefficient", "depth_coefficient", "blocks", "stem_filters", "head_filters",
-                "fix_head_stem", "depth_divisor", "min_depth", "num_classes")
-
-
 def _dims(tensor, op):
     shape = tensor.shape
     if shape.rank is None or any(d is None for d in shape.as_list()):
@@ -132,7 +126,8 @@ def _paper_values(config: cfg.ModelConfig, resolution: int):
     if config.name not in PAPER_TABLE2:
         return None, None
     reference = cfg.get_model_config(config.name)
-    if any(getattr(config, f) != getattr(reference, f) for f in _ARCH_FIELDS):
+    if (config.replace(resolution=reference.resolution).architecture()
+            != reference.architecture()):  # not the network the paper measured
         return None, None
     params, flops = PAPER_TABLE2[config.name]
     return params, (flops if resolution == reference.resolution else None)

@@ -12,18 +12,15 @@ depth and width below are that config's absolute coefficients.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 from typing import Callable, Sequence
 
-import tensorflow as tf
-
 from efficientnet_tf import config as cfg
-from efficientnet_tf.config import ExperimentConfig, ModelConfig
-from efficientnet_tf.files import write_json_atomic
-from efficientnet_tf.training.trainer import is_chief
+from efficientnet_tf.config import ConfigError, ModelConfig
+from efficientnet_tf.experiment import ExperimentConfig
+from efficientnet_tf.files import read_json, write_json_atomic
 
 SEARCH_FILE = "scaling_search.json"
 STUDY_FILE = "scaling_study.json"
@@ -50,14 +47,14 @@ def parse_grid(text, flag: str) -> tuple[float, ...]:
         try:
             value = float(item)
         except ValueError:
-            raise ValueError(f"--{flag}: {item!r} is not a number (expected comma-separated "
-                             "values such as 1.0,1.1,1.2).") from None
+            raise ConfigError(f"{flag}: {item!r} is not a number (expected comma-separated "
+                              "values such as 1.0,1.1,1.2).") from None
         if not math.isfinite(value) or value < 1.0:
-            raise ValueError(f"--{flag}: {item} must be a finite number >= 1 (scaling never "
-                             "shrinks the base network).")
+            raise ConfigError(f"{flag}: {item} must be a finite number >= 1 (scaling never "
+                              "shrinks the base network).")
         values.append(value)
     if not values:
-        raise ValueError(f"--{flag} is empty: give comma-separated values >= 1, e.g. 1.0,1.1,1.2.")
+        raise ConfigError(f"{flag}: empty; give comma-separated values >= 1, e.g. 1.0,1.1,1.2.")
     return tuple(sorted(set(values)))
 
 
@@ -71,11 +68,11 @@ def enumerate_candidates(alpha_grid: Sequence[float], beta_grid: Sequence[float]
                          target: float = FLOPS_GROWTH) -> list[tuple[float, float, float]]:
     """Every (alpha, beta, gamma) of the grids with |alpha*beta^2*gamma^2 - target| <= tolerance."""
     if tolerance < 0:
-        raise ValueError(f"--search_tolerance={tolerance}: must be >= 0.")
+        raise ConfigError(f"search_tolerance={tolerance}: must be >= 0.")
     grids = {"alpha_grid": alpha_grid, "beta_grid": beta_grid, "gamma_grid": gamma_grid}
     for flag, grid in grids.items():
         if not grid or min(grid) < 1.0:
-            raise ValueError(f"--{flag}={list(grid)}: needs values, each >= 1.")
+            raise ConfigError(f"{flag}={list(grid)}: needs values, each >= 1.")
     triples = [(a, b, g) for a in sorted(set(alpha_grid)) for b in sorted(set(beta_grid))
                for g in sorted(set(gamma_grid))]
     found = [t for t in triples if abs(flops_product(*t) - target) <= tolerance + 1e-12]
@@ -83,9 +80,9 @@ def enumerate_candidates(alpha_grid: Sequence[float], beta_grid: Sequence[float]
         closest = sorted(triples, key=lambda t: abs(flops_product(*t) - target))[:3]
         near = "; ".join(f"alpha={a:g}, beta={b:g}, gamma={g:g} -> {flops_product(a, b, g):.3f}"
                          for a, b, g in closest)
-        raise ValueError(f"No (alpha, beta, gamma) in the grids has alpha*beta^2*gamma^2 within "
-                         f"--search_tolerance={tolerance:g} of {target:g}. Closest products: "
-                         f"{near}. Widen the grids or the tolerance.")
+        raise ConfigError(f"No (alpha, beta, gamma) in the grids has alpha*beta^2*gamma^2 within "
+                          f"search_tolerance={tolerance:g} of {target:g}. Closest products: "
+                          f"{near}. Widen the grids or the tolerance.")
     return found
 
 
@@ -108,14 +105,17 @@ def _with_coefficients(base: ModelConfig, depth_coefficient: float, width_coeffi
 def compound_config(base: ModelConfig, phi: float, alpha: float, beta: float,
                     gamma: float) -> ModelConfig:
     """Paper eq. 3 applied to `base`: depth x alpha^phi, width x beta^phi, resolution x gamma^phi
-    (rounded to a multiple of 8 by `compound_coefficients`, as `config_for_phi` for non-table phi)."""
+    (rounded to a multiple of 8 by `compound_coefficients`, as `config_for_phi` for non-table
+    phi)."""
     width, depth, resolution = cfg.compound_coefficients(phi, alpha, beta, gamma,
                                                          base_resolution=base.resolution)
     return scaled_config(base, depth=depth, width=width, resolution=resolution)
 
 
-def architecture_key(config: ModelConfig):
-    """What params and FLOPs depend on, after rounding: equal keys, equal counts."""
+def count_key(config: ModelConfig):
+    """What params and FLOPs depend on after rounding: equal keys, equal counts (configs with
+    different coefficients often round to the same network; `ModelConfig.architecture` tells
+    networks apart, this only saves rebuilding one to count it)."""
     return (tuple(cfg.stage_table(config)), cfg.stem_filters(config), cfg.head_filters(config),
             config.resolution, config.num_classes, config.activation)
 
@@ -142,8 +142,8 @@ def match_flops(flops_of: Callable[[float], int], target: float, lo: float, hi: 
         hi = hi * 2
         f_hi = flops_of(hi)
     else:
-        raise ValueError(f"match_flops: FLOPs reach only {f_hi:,} at coefficient {hi:g}, short "
-                         f"of the target {target:,.0f}.")
+        raise ConfigError(f"match_flops: FLOPs reach only {f_hi:,} at coefficient {hi:g}, short "
+                          f"of the target {target:,.0f}.")
     for _ in range(max_steps):
         if (hi - lo <= 1) if integer else (hi - lo <= 1e-6 * hi):
             break
@@ -173,7 +173,7 @@ class Counter:
         from efficientnet_tf.model import build_model
         from efficientnet_tf.profile import count_flops, count_params
 
-        key = architecture_key(config)
+        key = count_key(config)
         if key not in self._cache:
             model = build_model(config=config)
             self._cache[key] = (count_params(model)[0], count_flops(model))
@@ -191,9 +191,9 @@ def _train_and_evaluate(experiment: ExperimentConfig, strategy, model_config: Mo
 
     from efficientnet_tf.training.trainer import Trainer
 
-    run = dataclasses.replace(
-        experiment, model=model_config,
-        train=experiment.train.replace(model_dir=model_dir, train_steps=budget_steps))
+    run = experiment.replace(
+        model=model_config, recipe=experiment.recipe.replace(train_steps=budget_steps),
+        runtime=experiment.runtime.replace(model_dir=model_dir))
     trainer = Trainer(run, strategy)
     trainer.train()
     result = trainer.evaluate()
@@ -204,43 +204,41 @@ def _train_and_evaluate(experiment: ExperimentConfig, strategy, model_config: Mo
 
 def _check_experiment(experiment: ExperimentConfig, budget_steps: int):
     if budget_steps is None or budget_steps < 1:
-        raise ValueError(f"--search_budget_steps={budget_steps}: every network needs the same "
-                         "training budget of >= 1 steps (or pass --train_steps).")
-    if experiment.train.weights:
-        raise ValueError(f"--weights={experiment.train.weights}: scaled networks have other "
-                         "shapes than the base, so they train from scratch; drop --weights.")
+        raise ConfigError(f"search_budget_steps={budget_steps}: every network needs the same "
+                          "training budget of >= 1 steps (or set train_steps).")
+    if experiment.recipe.weights:
+        raise ConfigError(f"RecipeConfig.weights={experiment.recipe.weights!r}: scaled networks "
+                          "have other shapes than the base, so they train from scratch; drop "
+                          "the weights.")
 
 
 def _settings(experiment: ExperimentConfig, budget_steps: int, **extra) -> dict:
     """What a recorded result depends on; a rerun must match it to reuse results."""
-    train = experiment.train.to_dict()
-    for field in ("model_dir", "train_steps", "train_epochs", "strategy", "use_tpu", "tpu",
-                  "tpu_zone", "gcp_project", "num_gpus", "keep_checkpoint_max", "steps_per_loop",
-                  "steps_per_eval", "eval_batch_size"):
-        train.pop(field)
+    recipe = experiment.recipe.to_dict()
+    for field in ("train_steps", "train_epochs"):  # budget_steps replaces them
+        recipe.pop(field)
     return json.loads(json.dumps({
-        "base": experiment.model.to_dict(),
-        "data": experiment.data.to_dict(), "train": train, "budget_steps": budget_steps,
-        **extra}))
+        "base": experiment.model.to_dict(), "data": experiment.data.to_dict(),
+        "recipe": recipe, "mixed_precision": experiment.runtime.mixed_precision,
+        "budget_steps": budget_steps, **extra}))
 
 
 def _read_previous(path: str, settings: dict) -> dict | None:
     """The results file from an earlier run, refused when it was made with other settings."""
-    if not tf.io.gfile.exists(path):
+    try:
+        previous = read_json(path)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); move it away to start over.") \
+            from None
+    if previous is None:
         return None
-    with tf.io.gfile.GFile(path) as f:
-        try:
-            previous = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); move it away to start over.") \
-                from None
     old = previous.get("settings")
     if old != settings:
         changed = sorted(k for k in set(settings) | set(old or {})
                          if (old or {}).get(k) != settings.get(k))
-        raise ValueError(f"{path} was written with different settings (changed: "
-                         f"{', '.join(changed)}); its results cannot be mixed with this run's. "
-                         "Use a new --model_dir or the same flags.")
+        raise ConfigError(f"{path} was written with different settings (changed: "
+                          f"{', '.join(changed)}); its results cannot be mixed with this run's. "
+                          "Use a new output directory or the same settings.")
     return previous
 
 
@@ -274,11 +272,13 @@ def scaling_search(experiment: ExperimentConfig, strategy, output_dir: str, *,
     {"settings", "candidates": [{alpha, beta, gamma, depth, width, resolution, params, flops,
     top_1, top_5, model_dir}], "best"} (top_1 null until trained; best over the trained ones).
     """
+    from efficientnet_tf import distribute
+
     log = log or _print
-    budget_steps = budget_steps or experiment.train.train_steps
+    budget_steps = budget_steps or experiment.recipe.train_steps
     _check_experiment(experiment, budget_steps)
     if phi <= 0:
-        raise ValueError(f"--phi={phi}: the search scales up, phi must be > 0 (paper: 1).")
+        raise ConfigError(f"phi={phi}: the search scales up, phi must be > 0 (paper: 1).")
     candidates = enumerate_candidates(alpha_grid, beta_grid, gamma_grid, tolerance=tolerance)
     base = experiment.model
     path = os.path.join(output_dir, SEARCH_FILE)
@@ -286,7 +286,7 @@ def scaling_search(experiment: ExperimentConfig, strategy, output_dir: str, *,
     previous = _read_previous(path, settings)
     finished = {(r["alpha"], r["beta"], r["gamma"]): r
                 for r in (previous or {}).get("candidates", []) if r.get("top_1") is not None}
-    chief = is_chief(strategy)
+    chief = distribute.is_chief(strategy)
     count = Counter()
     rows, configs = [], []
     for alpha, beta, gamma in candidates:
@@ -375,9 +375,10 @@ def plan_study(base: ModelConfig, *, alpha: float, beta: float, gamma: float,
     """Rows of the study before training: the baseline (k=0), then for each k the compound model
     at phi=k and the width-, depth- and resolution-only models matched to its counted FLOPs."""
     if not ks or any(int(k) != k or k < 1 for k in ks):
-        raise ValueError(f"--study_k={list(ks)}: needs integers >= 1 (FLOPs targets ~2^k x base).")
+        raise ConfigError(f"study_k={list(ks)}: needs integers >= 1 (FLOPs targets ~2^k x base).")
     if min(alpha, beta, gamma) < 1.0:
-        raise ValueError(f"alpha, beta, gamma = {alpha:g}, {beta:g}, {gamma:g}: each must be >= 1.")
+        raise ConfigError(f"alpha, beta, gamma = {alpha:g}, {beta:g}, {gamma:g}: "
+                          "each must be >= 1.")
     count = count or Counter()
     params, flops = count(base)
     rows = [_study_row(BASELINE, 0, base, base, params, flops, flops)]
@@ -408,11 +409,13 @@ def scaling_study(experiment: ExperimentConfig, strategy, output_dir: str, *,
     Runs go to OUTPUT_DIR/runs/<method>_k<k>/run<i>/. top_1 is the mean over a row's runs and
     top_1_std their standard deviation. A rerun with more `repeats` adds runs to the same table.
     """
+    from efficientnet_tf import distribute
+
     log = log or _print
-    budget_steps = budget_steps or experiment.train.train_steps
+    budget_steps = budget_steps or experiment.recipe.train_steps
     _check_experiment(experiment, budget_steps)
     if repeats < 1:
-        raise ValueError(f"--study_repeats={repeats}: must be >= 1.")
+        raise ConfigError(f"study_repeats={repeats}: must be >= 1.")
     ks = sorted(set(int(k) for k in ks))
     base = experiment.model
     path = os.path.join(output_dir, STUDY_FILE)
@@ -424,7 +427,7 @@ def scaling_study(experiment: ExperimentConfig, strategy, output_dir: str, *,
     else:
         log("Matching FLOPs: counting candidate networks...")
         rows = plan_study(base, alpha=alpha, beta=beta, gamma=gamma, ks=ks)
-    chief = is_chief(strategy)
+    chief = distribute.is_chief(strategy)
 
     def save():
         result = {"settings": settings, "rows": rows}

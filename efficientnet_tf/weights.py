@@ -21,9 +21,15 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf import config as cfg
+from efficientnet_tf.config import ConfigError
 from efficientnet_tf.files import copy_atomic
 from efficientnet_tf.layers import MBConvBlock
-from efficientnet_tf.model import build_feature_extractor, build_model, resolve_config
+from efficientnet_tf.network import (
+    build_feature_network,
+    build_network,
+    model_config,
+    resolve_config,
+)
 
 # Source kinds.
 TF1_CHECKPOINT = "tf1_checkpoint"
@@ -40,10 +46,6 @@ _KA_BLOCK_RE = re.compile(r"^(block\d+[a-z]+)_(expand_conv|expand_bn|dwconv|bn|s
 _KA_TOP_LEVEL = ("stem_conv", "stem_bn", "top_conv", "top_bn", _CLASSIFIER)
 # keras.applications normalizes with a stateful, auto-named layer; ours is constant ops.
 _KA_NORMALIZATION_RE = re.compile(r"^normalization(_\d+)?$")
-
-# Fields that decide the graph (and so the weights), as opposed to training or input settings.
-_ARCHITECTURE_FIELDS = ("width_coefficient", "depth_coefficient", "blocks", "stem_filters",
-                        "head_filters", "fix_head_stem", "depth_divisor", "min_depth", "activation")
 
 _EMA_SUFFIX = "/ExponentialMovingAverage"
 _BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -79,7 +81,7 @@ def inspect_source(path) -> SourceInfo:
     if not os.path.exists(path):
         raise FileNotFoundError(f"Weights source not found: {path}")
     if not h5py.is_hdf5(path):
-        raise ValueError(
+        raise ConfigError(
             f"{path}: not a weights source this package reads. Expected a TF1 checkpoint (prefix "
             "or directory with a 'checkpoint' file), a keras.applications EfficientNet .h5 or "
             ".weights.h5 file, or a file written by `convert`.")
@@ -99,7 +101,7 @@ def inspect_source(path) -> SourceInfo:
                                   has_head="layers/conv2d_1" in f)
             if "layers/depthwise_conv2d" in f and "layers/normalization" in f:
                 return SourceInfo(KERAS_APPLICATIONS_H5, path, classes)
-    raise ValueError(
+    raise ConfigError(
         f"{path}: an HDF5 file, but neither the legacy Keras layout (root attribute 'layer_names') "
         "nor a Keras 3 .weights.h5 of an EfficientNet (ours or keras.applications).")
 
@@ -110,7 +112,7 @@ def load_weights(model: keras.Model, path) -> None:
 
     Headless targets skip the source's head; a classifier of another width is skipped (logged).
     """
-    config = _model_config(model)
+    config = _target_config(model)
     _assign(model, _read_source(inspect_source(path), config, model))
 
 
@@ -124,17 +126,17 @@ def convert(model_name, ckpt_path, output, *, num_classes=None, overrides=None,
     """
     output = os.fspath(output)
     if not output.endswith(".weights.h5"):
-        raise ValueError(f"output={output!r}: must end with '.weights.h5'.")
+        raise ConfigError(f"output={output!r}: must end with '.weights.h5'.")
     if config is not None and model_name not in (None, config.name):
-        raise ValueError(f"model_name={model_name!r} contradicts config.name={config.name!r}.")
+        raise ConfigError(f"model_name={model_name!r} contradicts config.name={config.name!r}.")
     config = resolve_config(model_name=None if config else model_name, config=config,
                             **(overrides or {}))
     info = inspect_source(ckpt_path)
     classes = num_classes if num_classes is not None else info.classes
     if classes is None:
         logging.info("%s has no classifier: writing a backbone (include_top=False).", info.path)
-    model = build_model(config=config, include_top=classes is not None,
-                        classes=classes if classes is not None else config.num_classes)
+    model = build_network(config if classes is None else config.replace(num_classes=classes),
+                          include_top=classes is not None)
     _assign(model, _read_source(info, config, model))
     save_weights_atomic(model, output)
     logging.info("Converted %s (%s) to %s.", info.path, info.kind, output)
@@ -146,7 +148,7 @@ def save_weights_atomic(model: keras.Model, output) -> str:
     copy it so that `output` (local or gs://) never holds half a file."""
     output = os.fspath(output)
     if not output.endswith(".weights.h5"):
-        raise ValueError(f"output={output!r}: must end with '.weights.h5'.")
+        raise ConfigError(f"output={output!r}: must end with '.weights.h5'.")
     with tempfile.TemporaryDirectory(prefix="efficientnet_tf-") as tmp_dir:
         local = os.path.join(tmp_dir, "model.weights.h5")
         model.save_weights(local)
@@ -171,11 +173,11 @@ def weight_layers(model: keras.Model) -> dict:
     return out
 
 
-def _model_config(model) -> cfg.ModelConfig:
-    config = getattr(model, "efficientnet_config", None)
+def _target_config(model) -> cfg.ModelConfig:
+    config = model_config(model)
     if config is None:
-        raise ValueError(f"load_weights: model {model.name!r} has no efficientnet_config; build it "
-                         "with build_model or build_feature_extractor.")
+        raise ValueError(f"load_weights: model {model.name!r} has no ModelConfig; build it with "
+                         "build_model or build_feature_extractor.")
     return config
 
 
@@ -240,7 +242,7 @@ def _assign(model: keras.Model, source: _Source) -> None:
         parts = [f"{label} ({len(items)}): " + "; ".join(items)
                  for label, items in (("missing", missing), ("unexpected", unexpected),
                                       ("shape mismatch", mismatched)) if items]
-        raise ValueError(f"Cannot load {source.origin} into model {model.name!r}: "
+        raise ConfigError(f"Cannot load {source.origin} into model {model.name!r}: "
                          + " | ".join(parts))
     for path, layer in targets.items():
         if not (skip_classifier and path == _CLASSIFIER):
@@ -294,15 +296,15 @@ def _is_tf1_ignored(name: str) -> bool:
 def _read_tf1(prefix: str, target: keras.Model) -> _Source:
     reader = tf.train.load_checkpoint(prefix)
     available = {n for n in reader.get_variable_to_shape_map() if not _is_tf1_ignored(n)}
-    config = _model_config(target)
+    config = _target_config(target)
     scopes = sorted({n.split("/", 1)[0] for n in available})
     if config.name in scopes:
         scope = config.name
     else:
         candidates = [s for s in scopes if s.startswith("efficientnet")]
         if len(candidates) != 1:
-            raise ValueError(f"{prefix}: expected one 'efficientnet-*' variable scope, found "
-                             f"{scopes}.")
+            raise ConfigError(f"{prefix}: expected one 'efficientnet-*' variable scope, found "
+                              f"{scopes}.")
         scope = candidates[0]
         logging.warning("%s: checkpoint scope %r, model %r: mapping by structure.", prefix, scope,
                         config.name)
@@ -353,11 +355,11 @@ def _keras_applications_variant(config: cfg.ModelConfig) -> int:
     """i such that keras.applications.EfficientNetB{i} has the graph of `config`."""
     for i in range(8):
         ref = cfg.get_model_config(f"efficientnet-b{i}")
-        if all(getattr(config, f) == getattr(ref, f) for f in _ARCHITECTURE_FIELDS):
+        if config.backbone() == ref.backbone():
             return i
-    raise ValueError(f"keras.applications provides EfficientNetB0..B7 only; model {config.name!r} "
-                     f"(width {config.width_coefficient}, depth {config.depth_coefficient}) is "
-                     "none of them.")
+    raise ConfigError(f"keras.applications provides EfficientNetB0..B7 only; model {config.name!r} "
+                      f"(width {config.width_coefficient}, depth {config.depth_coefficient}) is "
+                      "none of them.")
 
 
 @contextlib.contextmanager
@@ -381,13 +383,13 @@ def _load_keras_h5_strict(model: keras.Model, path: str, what: str) -> None:
         arrays = []
         f.visititems(lambda n, o: arrays.append(n) if isinstance(o, h5py.Dataset) else None)
     if len(arrays) != len(model.weights):
-        raise ValueError(f"{path}: holds {len(arrays)} arrays, {what} has {len(model.weights)} "
-                         "variables; the file is from another architecture.")
+        raise ConfigError(f"{path}: holds {len(arrays)} arrays, {what} has {len(model.weights)} "
+                          "variables; the file is from another architecture.")
     try:
         with _as_weights_h5(path) as loadable:
             model.load_weights(loadable)
     except ValueError as e:
-        raise ValueError(f"{path}: does not match {what}: {e}") from e
+        raise ConfigError(f"{path}: does not match {what}: {e}") from e
 
 
 def _read_keras_applications_h5(info: SourceInfo, config: cfg.ModelConfig) -> _Source:
@@ -447,10 +449,10 @@ def _check_normalization(arrays, origin: str, config: cfg.ModelConfig) -> None:
 def _read_efficientnet_tf_h5(info: SourceInfo, config: cfg.ModelConfig) -> _Source:
     """Build the file's own structure for `config`, load it, then hand out arrays by path."""
     if not info.has_head:
-        twin = build_feature_extractor(config=config)
+        twin = build_feature_network(config)
     else:
-        twin = build_model(config=config, include_top=info.classes is not None,
-                           classes=info.classes or config.num_classes)
+        twin = build_network(config.replace(num_classes=info.classes or config.num_classes),
+                             include_top=info.classes is not None)
     _load_keras_h5_strict(twin, info.path, f"{config.name} ({twin.name})")
     weights = {path: [(f"{path}/{w.name}", np.asarray(w.numpy())) for w in layer.weights]
                for path, layer in weight_layers(twin).items()}

@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from conftest import run_main, run_python
 from efficientnet_tf.layers import bn_group_size
+
+from conftest import run_main, run_python
 
 
 @pytest.mark.parametrize("replicas, size", [(1, 1), (2, 1), (8, 1), (16, 8), (32, 8), (128, 16),

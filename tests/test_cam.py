@@ -108,16 +108,17 @@ def test_cam_mode_writes_the_overlay(localizer, tmp_path):
     """main.py --mode=cam on a training run directory (config.json + checkpoint)."""
     import tensorflow as tf
 
-    from efficientnet_tf.config import ExperimentConfig, TrainConfig
+    from efficientnet_tf.config import RecipeConfig, RuntimeConfig
     from efficientnet_tf.data import DataConfig
     from efficientnet_tf.data.preprocessing import center_crop_window
-    from efficientnet_tf.training.trainer import CONFIG_FILE
+    from efficientnet_tf.experiment import ExperimentConfig
+    from efficientnet_tf.run_dir import CONFIG_FILE
 
     run = tmp_path / "run"
     run.mkdir()
     experiment = ExperimentConfig(
         model=_localizer_config(), data=DataConfig(dataset="synthetic", num_classes=2),
-        train=TrainConfig(model_dir=str(run), moving_average_decay=0.0))
+        recipe=RecipeConfig(moving_average_decay=0.0), runtime=RuntimeConfig(model_dir=str(run)))
     (run / CONFIG_FILE).write_text(json.dumps(experiment.to_dict()))
     tf.train.Checkpoint(model=localizer).save(str(run / "ckpt"))
 

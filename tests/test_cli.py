@@ -8,6 +8,7 @@ from conftest import run_main
 
 def test_convert_keras_applications_file_then_build_with_it(tmp_path):
     import keras
+
     from efficientnet_tf.model import build_model
 
     src = tmp_path / "b0.weights.h5"
@@ -136,6 +137,7 @@ def test_readme_commands_are_current(tmp_path):
 
 def test_export_and_predict_from_a_training_run(tmp_path):
     import tensorflow as tf
+
     from efficientnet_tf.data.testing import encode, natural_image
 
     run = tmp_path / "run"

@@ -28,7 +28,8 @@ def test_pixel_ops_match_their_definitions():
     np.testing.assert_array_equal(op("Solarize", level=15), op("Solarize", level=5))
     np.testing.assert_array_equal(op("Posterize", level=30), img & 0x80)
     np.testing.assert_array_equal(op("Solarize", level=5), np.where(img < 128, img, 255 - img))
-    np.testing.assert_array_equal(op("SolarizeAdd"), np.where(img < 128, np.minimum(img + 110, 255), img))
+    np.testing.assert_array_equal(op("SolarizeAdd"),
+                                  np.where(img < 128, np.minimum(img + 110, 255), img))
     np.testing.assert_array_equal(op("Brightness"), np.minimum(img * 1.9, 255).astype(np.uint8))
 
 

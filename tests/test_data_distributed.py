@@ -2,8 +2,9 @@
 replica in training, every eval example exactly once, augmentation and mixing under the strategy."""
 import json
 
-from conftest import run_python
 from efficientnet_tf.data.testing import encode, natural_image, write_image_tfrecords
+
+from conftest import run_python
 
 NUM_EVAL = 13
 
@@ -17,7 +18,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from efficientnet_tf.data import DataConfig, distributed_dataset, eval_steps, get_dataset_info
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-config = DataConfig(dataset="imagenet", data_dir=DATA_DIR, deterministic=True, shuffle_buffer_size=1)
+config = DataConfig(dataset="imagenet", data_dir=DATA_DIR, deterministic=True,
+                    shuffle_buffer_size=1)
 out = {"eval_steps": eval_steps(get_dataset_info(config), 4), "eval": [], "train": []}
 
 def local(x):
@@ -25,13 +27,15 @@ def local(x):
 
 for images, labels, weights in distributed_dataset(strategy, config, "eval", 4, image_size=16):
     out["eval"].append({"labels": local(labels), "weights": local(weights),
-                        "shapes": [list(v.shape) for v in strategy.experimental_local_results(images)]})
+                        "shapes": [list(v.shape)
+                                   for v in strategy.experimental_local_results(images)]})
 
 train = iter(distributed_dataset(strategy, config, "train", 4, image_size=16))
 for _ in range(3):
     images, labels = next(train)
     out["train"].append({"labels": local(labels),
-                         "devices": [v.device for v in strategy.experimental_local_results(images)]})
+                         "devices": [v.device
+                                     for v in strategy.experimental_local_results(images)]})
 
 mixed = config.replace(augment_name="randaugment", mixup_alpha=0.2, deterministic=False)
 mixed_train = distributed_dataset(strategy, mixed, "train", 4, image_size=16, count_skipped=True)
@@ -62,9 +66,11 @@ def test_two_replicas_distinct_examples_and_exact_eval(tmp_path):
     assert sum(w.count(0.0) for s in out["eval"] for w in s["weights"]) == 16 - NUM_EVAL
 
     # Train: each replica gets its own half of every global batch, no example twice in an epoch.
-    train_labels = [label for step in out["train"] for replica in step["labels"] for label in replica]
+    train_labels = [label for step in out["train"] for replica in step["labels"]
+                    for label in replica]
     assert len(train_labels) == 12 and len(set(train_labels)) == 12
-    assert [d.split("/")[-1] for d in out["train"][0]["devices"]] == ["device:CPU:0", "device:CPU:1"]
+    assert ([d.split("/")[-1] for d in out["train"][0]["devices"]]
+            == ["device:CPU:0", "device:CPU:1"])
 
     # RandAugment + mixup under the strategy: one-hot mixed labels, per-replica batch of 2, and
     # a per-replica count of skipped corrupt records (none here).

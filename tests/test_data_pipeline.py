@@ -9,9 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnet_tf.data import (DataConfig, build_dataset, eval_steps, get_dataset_info,
-                                  steps_per_epoch)
-from efficientnet_tf.data import tfrecord
+from efficientnet_tf.data import (
+    DataConfig,
+    build_dataset,
+    eval_steps,
+    get_dataset_info,
+    steps_per_epoch,
+    tfrecord,
+)
 from efficientnet_tf.data.testing import encode, natural_image, write_image_tfrecords
 
 GOOD, BAD_IMAGES, BAD_PROTOS = 6, 2, 1

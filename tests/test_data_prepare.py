@@ -69,7 +69,8 @@ def test_fgvc_aircraft_variant_lists(tmp_path):
     out = tmp_path / "out"
     prepare("fgvc_aircraft", str(tmp_path), str(out), num_train_shards=2)
     assert sorted(p.name for p in out.iterdir()) == [
-        "metadata.json", "train-00000-of-00002", "train-00001-of-00002", "validation-00000-of-00001"]
+        "metadata.json", "train-00000-of-00002", "train-00001-of-00002",
+        "validation-00000-of-00001"]
     info = get_dataset_info(DataConfig(dataset="fgvc_aircraft", data_dir=str(out)))
     assert (info.num_classes, info.train_size, info.eval_size) == (100, 3, 2)
     assert eval_labels("fgvc_aircraft", out) == [7, 99]
@@ -105,7 +106,8 @@ def test_folder_converts_png_to_jpeg_and_reads_back(tmp_path):
             write_image(tmp_path / "src" / split / name / "b.JPG", seed=c + 5)
     out = tmp_path / "out"
     prepare("folder", str(tmp_path / "src"), str(out))
-    assert {r["image/format"].numpy() for r in read_records(out / "train-00000-of-00001")} == {b"JPEG"}
+    assert ({r["image/format"].numpy() for r in read_records(out / "train-00000-of-00001")}
+            == {b"JPEG"})
     info = get_dataset_info(DataConfig(dataset="folder", data_dir=str(out)))
     assert info.source == "tfrecord" and info.class_names == ("cat", "dog")
     assert sorted(eval_labels("folder", out)) == [0, 0, 1, 1]

@@ -7,8 +7,12 @@ import pytest
 import tensorflow as tf
 
 from efficientnet_tf.data import DataConfig, build_dataset, get_dataset_info
-from efficientnet_tf.data.testing import (encode, natural_image, write_image_tfrecords,
-                                          write_tfds_metadata)
+from efficientnet_tf.data.testing import (
+    encode,
+    natural_image,
+    write_image_tfrecords,
+    write_tfds_metadata,
+)
 
 
 def jpegs(n, seed=0, size=(40, 56)):
@@ -35,7 +39,8 @@ def eval_labels(config, batch=4, image_size=16):
 def test_imagenet_tfrecords_sizes_and_zero_based_labels(imagenet_dir):
     config = DataConfig(dataset="imagenet", data_dir=imagenet_dir)
     info = get_dataset_info(config)
-    assert (info.source, info.num_classes, info.train_size, info.eval_size) == ("tfrecord", 1000, 7, 5)
+    assert ((info.source, info.num_classes, info.train_size, info.eval_size)
+            == ("tfrecord", 1000, 7, 5))
     assert eval_labels(config) == [10, 11, 12, 13, 14]  # stored 1-based, read 0-based, in order
 
 
@@ -99,7 +104,8 @@ def test_synthetic_is_deterministic_per_seed_and_balanced():
     config = DataConfig(synthetic_train_size=24, synthetic_eval_size=10, num_classes=5)
     first = [x.numpy() for x, _, _ in build_dataset(config, "eval", 5, image_size=16)]
     again = [x.numpy() for x, _, _ in build_dataset(config, "eval", 5, image_size=16)]
-    other = [x.numpy() for x, _, _ in build_dataset(config.replace(seed=1), "eval", 5, image_size=16)]
+    other = [x.numpy() for x, _, _ in build_dataset(config.replace(seed=1), "eval", 5,
+                                                    image_size=16)]
     np.testing.assert_array_equal(np.concatenate(first), np.concatenate(again))
     assert not np.array_equal(np.concatenate(first), np.concatenate(other))
     assert eval_labels(config, batch=5) == [i % 5 for i in range(10)]
@@ -111,7 +117,8 @@ def test_synthetic_is_deterministic_per_seed_and_balanced():
 TFDS_CASES = [
     # dataset, builder, {split: size}, expected (train_size, eval_size), num_classes
     ("cifar10", "cifar10", {"train": 9, "test": 6}, (9, 6), 10),
-    ("oxford_flowers102", "oxford_flowers102", {"train": 4, "validation": 5, "test": 6}, (9, 6), 102),
+    ("oxford_flowers102", "oxford_flowers102", {"train": 4, "validation": 5, "test": 6},
+     (9, 6), 102),
     ("food101", "food101", {"train": 8, "validation": 6}, (8, 6), 101),
     ("imagenet", "imagenet2012", {"train": 8, "validation": 6}, (8, 6), 1000),
 ]

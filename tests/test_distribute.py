@@ -3,11 +3,17 @@ import json
 
 import pytest
 import tensorflow as tf
-from conftest import run_python
 
 from efficientnet_tf import distribute
-from efficientnet_tf.distribute import (check_tpu_request, parse_tf_config,
-                                        resolve_mixed_precision, select_strategy_name)
+from efficientnet_tf.config import ConfigError
+from efficientnet_tf.distribute import (
+    check_tpu_request,
+    parse_tf_config,
+    resolve_mixed_precision,
+    select_strategy_name,
+)
+
+from conftest import run_python
 
 
 @pytest.mark.parametrize("kwargs, expected", [
@@ -31,13 +37,13 @@ def test_select_strategy_name(kwargs, expected):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(strategy="horovod"), ValueError, "--strategy='horovod'"),
-    (dict(strategy="mirrored", use_tpu=True), ValueError, "--use_tpu conflicts"),
-    (dict(num_gpus=2, visible_gpus=0), RuntimeError, "--num_gpus=2, but TensorFlow sees 0"),
-    (dict(strategy="mirrored", num_gpus=8, visible_gpus=4), RuntimeError, "--num_gpus=8"),
-    (dict(strategy="mirrored"), RuntimeError, "--strategy=mirrored: without GPUs"),
-    (dict(num_gpus=-1), ValueError, "--num_gpus=-1"),
-    (dict(use_tpu=True, num_gpus=1, visible_gpus=1), ValueError, "conflicts with a TPU"),
+    (dict(strategy="horovod"), ConfigError, "strategy='horovod'"),
+    (dict(strategy="mirrored", use_tpu=True), ConfigError, "use_tpu conflicts"),
+    (dict(num_gpus=2, visible_gpus=0), ConfigError, "num_gpus=2, but TensorFlow sees 0"),
+    (dict(strategy="mirrored", num_gpus=8, visible_gpus=4), ConfigError, "num_gpus=8"),
+    (dict(strategy="mirrored"), ConfigError, "strategy=mirrored: without GPUs"),
+    (dict(num_gpus=-1), ConfigError, "num_gpus=-1"),
+    (dict(use_tpu=True, num_gpus=1, visible_gpus=1), ConfigError, "conflicts with a TPU"),
 ])
 def test_select_strategy_name_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -48,27 +54,27 @@ def test_parse_tf_config():
     good = {"cluster": {"worker": ["localhost:2222", "localhost:2223"]},
             "task": {"type": "worker", "index": 1}}
     assert parse_tf_config(json.dumps(good)) == good
-    with pytest.raises(RuntimeError, match="needs the TF_CONFIG environment variable"):
+    with pytest.raises(ConfigError, match="needs the TF_CONFIG environment variable"):
         parse_tf_config(None)
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(ConfigError, match="not valid JSON"):
         parse_tf_config("{cluster")
-    with pytest.raises(ValueError, match="'worker'"):
+    with pytest.raises(ConfigError, match="'worker'"):
         parse_tf_config(json.dumps({"cluster": {}, "task": {"type": "worker", "index": 0}}))
-    with pytest.raises(ValueError, match="'task'"):
+    with pytest.raises(ConfigError, match="'task'"):
         parse_tf_config(json.dumps({"cluster": good["cluster"]}))
-    with pytest.raises(ValueError, match="not in the cluster"):
+    with pytest.raises(ConfigError, match="not in the cluster"):
         parse_tf_config(json.dumps({**good, "task": {"type": "worker", "index": 2}}))
 
 
 def test_check_tpu_request():
     none = dict(local_devices=[], on_google_cloud=False, env={})
-    with pytest.raises(RuntimeError, match="no TPU found on this machine"):
+    with pytest.raises(ConfigError, match="no TPU found on this machine"):
         check_tpu_request(None, None, None, **none)
-    with pytest.raises(RuntimeError, match="--tpu=local: no TPU found"):
+    with pytest.raises(ConfigError, match="tpu=local: no TPU found"):
         check_tpu_request("local", None, None, **none)
-    with pytest.raises(RuntimeError, match="--tpu=my-tpu: .*--tpu_zone and --gcp_project"):
+    with pytest.raises(ConfigError, match="tpu=my-tpu: .*--tpu_zone and --gcp_project"):
         check_tpu_request("my-tpu", None, None, **none)
-    with pytest.raises(RuntimeError, match="--tpu=env-tpu"):
+    with pytest.raises(ConfigError, match="tpu=env-tpu"):
         check_tpu_request(None, None, None, local_devices=[], on_google_cloud=False,
                           env={"TPU_NAME": "env-tpu"})
     assert check_tpu_request(None, None, None, local_devices=["/dev/accel0"],
@@ -91,7 +97,7 @@ def test_use_tpu_without_tpu_fails_fast():
         "    t = time.time()\n"
         "    try:\n"
         "        get_strategy(**kw)\n"
-        "    except RuntimeError as e:\n"
+        "    except ValueError as e:  # ConfigError\n"
         "        print(f'ERROR {time.time() - t:.2f}s {e}')\n"
         "    else:\n"
         "        print('NO ERROR', kw)\n",
@@ -99,9 +105,9 @@ def test_use_tpu_without_tpu_fails_fast():
     lines = out.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("ERROR") for line in lines), out
     assert "no TPU found on this machine" in lines[0]
-    assert "--use_tpu/--strategy=tpu without --tpu" in lines[0]
-    assert "--tpu=local: no TPU found" in lines[1]
-    assert "--tpu=my-tpu" in lines[2] and "--tpu_zone" in lines[2]
+    assert "use_tpu/strategy=tpu without a tpu name" in lines[0]
+    assert "tpu=local: no TPU found" in lines[1]
+    assert "tpu=my-tpu" in lines[2] and "--tpu_zone" in lines[2]
 
 
 def test_get_strategy_on_this_cpu(monkeypatch):
@@ -110,10 +116,10 @@ def test_get_strategy_on_this_cpu(monkeypatch):
     assert isinstance(one, tf.distribute.OneDeviceStrategy)
     assert distribute.strategy_device_kind(one) == "cpu"
     assert distribute.strategy_device_kind(tf.distribute.get_strategy()) == "cpu"
-    with pytest.raises(RuntimeError, match="--strategy=mirrored: without GPUs"):
+    with pytest.raises(ConfigError, match="strategy=mirrored: without GPUs"):
         distribute.get_strategy("mirrored")
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(RuntimeError, match="needs the TF_CONFIG"):
+    with pytest.raises(ConfigError, match="needs the TF_CONFIG"):
         distribute.get_strategy("multi_worker_mirrored")
 
 
@@ -127,7 +133,7 @@ def test_resolve_mixed_precision(policy, kind, expected):
 
 
 def test_resolve_mixed_precision_errors():
-    with pytest.raises(ValueError, match="--mixed_precision='float16'"):
+    with pytest.raises(ConfigError, match="mixed_precision='float16'"):
         resolve_mixed_precision("float16", "gpu")
     with pytest.raises(ValueError, match="device_kind='npu'"):
         resolve_mixed_precision("auto", "npu")

@@ -3,19 +3,19 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+
+from efficientnet_tf import export
+from efficientnet_tf.data import DataConfig
+from efficientnet_tf.data.preprocessing import preprocess_for_eval
+from efficientnet_tf.export.folding import FoldedNetwork
+from efficientnet_tf.model import build_model
+from efficientnet_tf.training.regularization import l2_loss
 
 from conftest import TINY
-
-import tensorflow as tf  # noqa: E402
-import keras  # noqa: E402
-
-from efficientnet_tf import export  # noqa: E402
-from efficientnet_tf.data import DataConfig  # noqa: E402
-from efficientnet_tf.data.preprocessing import preprocess_for_eval  # noqa: E402
-from efficientnet_tf.model import build_model  # noqa: E402
-from efficientnet_tf.training.regularization import l2_loss  # noqa: E402
 
 SIZE = TINY["resolution"]
 CLASSES = 7
@@ -98,7 +98,7 @@ def test_fold_rejects_foreign_layers():
     x = keras.layers.Conv2D(4, 3)(inputs)
     x = keras.layers.LayerNormalization()(x)
     with pytest.raises(ValueError, match="LayerNormalization"):
-        export.FoldedNetwork(keras.Model(inputs, x))
+        FoldedNetwork(keras.Model(inputs, x))
 
 
 def test_serving_signatures_match_keras(classifier, serving_dir):

@@ -5,9 +5,9 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
+from golden import load_golden
 
 from efficientnet_tf.data import augment as A
-from golden import load_golden
 
 KEY = re.compile(r"(?P<ra>ra_)?(?P<ns>ns_)?(?P<op>[A-Za-z]+)_L(?P<level>\d+)(?P<neg>_neg)?"
                  r"(?:_c(?P<row>\d+)_(?P<col>\d+))?")

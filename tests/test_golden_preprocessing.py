@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from golden import load_golden
 
 from efficientnet_tf.data import preprocessing as pp
-from golden import load_golden
 
 EVAL_CASES = ["chelsea_S224_bilinear", "chelsea_S224_default", "camera_S224_default",
               "coffee_S240_default", "astronaut_S300_default"]

@@ -4,13 +4,24 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY
 from golden import load_golden
 
 from efficientnet_tf import build_model
-from efficientnet_tf.training import (LARS, ExponentialMovingAverage, MomentumTF, RMSpropTF,
-                                      build_learning_rate, build_lr_schedule, build_optimizer,
-                                      classification_loss, ema_decay, l2_loss, l2_variables)
+from efficientnet_tf.training import (
+    LARS,
+    ExponentialMovingAverage,
+    MomentumTF,
+    RMSpropTF,
+    build_learning_rate,
+    build_lr_schedule,
+    build_optimizer,
+    classification_loss,
+    ema_decay,
+    l2_loss,
+    l2_variables,
+)
+
+from conftest import TINY
 
 LR_TYPES = ("exponential", "cosine", "poly", "constant")
 LR_CONFIGS = ("bs2048", "mainpy", "small")

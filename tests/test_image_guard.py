@@ -10,10 +10,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import run_main
 from efficientnet_tf import export
 from efficientnet_tf.data.image_header import MAX_IMAGE_PIXELS, image_dimensions
 from efficientnet_tf.data.preprocessing import preprocess_for_eval
+from efficientnet_tf.export.saved_model import ServingModule
+
+from conftest import run_main
 from test_export import classifier, encoded_images, serving_dir  # noqa: F401 (fixtures)
 
 
@@ -30,8 +32,9 @@ def bomb_png(height=20000, width=20000):
                 + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
     rows = zlib.compress(b"\0" * (1 + 3 * width) * 200, 9)  # the first 200 rows
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows)
+            + chunk(b"IEND", b""))
 
 
 def huge_jpeg(height=30000, width=30000):
@@ -77,9 +80,9 @@ def test_serving_signature_refuses_bombs_without_decoding(serving_dir):  # noqa:
 def test_limits_are_recorded_and_enforced(classifier, serving_dir):  # noqa: F811
     info = export.read_export_info(serving_dir)
     assert info["max_image_pixels"] == MAX_IMAGE_PIXELS and info["max_batch_size"] == 256
-    module = export.ServingModule(classifier, apply_softmax=False, image_size=32, top_k=1,
-                                  resize_method="bicubic", half_pixel_centers=False,
-                                  max_image_pixels=40 * 60, max_batch_size=2)
+    module = ServingModule(classifier, apply_softmax=False, image_size=32, top_k=1,
+                           resize_method="bicubic", half_pixel_centers=False,
+                           max_image_pixels=40 * 60, max_batch_size=2)
     good = encoded_images()  # 45x70 JPEG (3150 px), 64x40 PNG (2560 px)
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_batch_size=2"):
         module.serve_bytes(tf.constant(good * 2))

@@ -6,12 +6,19 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY
 from efficientnet_tf import config as cfg
-from efficientnet_tf.layers import (ImageNormalization, MBConvBlock, ReplicaDropout,
-                                    ReplicaSeedGenerator, SqueezeExcite, StochasticDepth)
+from efficientnet_tf.layers import (
+    ImageNormalization,
+    MBConvBlock,
+    ReplicaDropout,
+    ReplicaSeedGenerator,
+    SqueezeExcite,
+    StochasticDepth,
+)
 from efficientnet_tf.model import build_feature_extractor, build_model
+from efficientnet_tf.network import model_config
 
+from conftest import TINY
 
 # --- config -----------------------------------------------------------------------------------
 
@@ -228,7 +235,7 @@ def test_lite_uses_relu6_and_no_se():
     m = build_model(model_name="efficientnet-lite0", input_shape=(32, 32, 3))
     blocks = [layer for layer in m.layers if isinstance(layer, MBConvBlock)]
     assert all(b.se is None and b.activation == "relu6" for b in blocks)
-    assert m.efficientnet_config.mean_rgb == (127.0,) * 3
+    assert model_config(m).mean_rgb == (127.0,) * 3
     x = np.full((1, 32, 32, 3), 127.0, "float32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(m.get_layer("normalization")(x)), 0)
 
@@ -247,6 +254,7 @@ def test_initializers_follow_reference():
 
 
 def test_keras_save_load_round_trip(tmp_path):
+    """A .keras file keeps the graph, the weights and the ModelConfig."""
     m = build_model(model_name="efficientnet-b0", classes=5, **TINY)
     x = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     path = tmp_path / "m.keras"
@@ -255,6 +263,15 @@ def test_keras_save_load_round_trip(tmp_path):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), m.predict(x, verbose=0), atol=1e-6)
     assert [lay.name for lay in loaded.layers] == [lay.name for lay in m.layers]
     assert type(loaded.get_layer("top_dropout")) is ReplicaDropout
+    assert model_config(loaded) == model_config(m) == cfg.get_model_config(
+        "efficientnet-b0", num_classes=5, **TINY)
+
+    features = build_feature_extractor(model_name="efficientnet-lite0", **TINY)
+    features.save(tmp_path / "features.keras")
+    loaded = keras.models.load_model(tmp_path / "features.keras")
+    assert model_config(loaded) == model_config(features) and loaded.name == features.name
+    np.testing.assert_array_equal(loaded(x)["reduction_5"], features(x)["reduction_5"])
+    assert model_config(keras.Model(m.inputs, m.outputs)) is None  # not built here
 
 
 def test_bn_group_size_reaches_every_batch_norm():

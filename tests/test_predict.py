@@ -4,14 +4,13 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
+
+from efficientnet_tf import export, predict
+from efficientnet_tf.data.preprocessing import preprocess_for_eval
+from efficientnet_tf.model import build_model
 
 from conftest import TINY, run_main
-
-import tensorflow as tf  # noqa: E402
-
-from efficientnet_tf import export, predict  # noqa: E402
-from efficientnet_tf.data.preprocessing import preprocess_for_eval  # noqa: E402
-from efficientnet_tf.model import build_model  # noqa: E402
 
 SIZE = TINY["resolution"]
 
@@ -138,7 +137,7 @@ def training_run(tmp_path_factory):
 
 def test_export_and_predict_from_training_run(training_run, image_files, tmp_path):
     """Run last: it needs the training engine (a real 2-step run, EMA weights exported)."""
-    from efficientnet_tf.training.trainer import load_trained_model
+    from efficientnet_tf.run_dir import load_trained_model
 
     model = load_trained_model(training_run)
     names = predict.class_names_for_run(training_run)

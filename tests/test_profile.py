@@ -5,6 +5,7 @@ import pytest
 from efficientnet_tf import config as cfg
 from efficientnet_tf import profile
 from efficientnet_tf.model import build_model
+
 from conftest import TINY, run_python
 
 # Exact (trainable, total) with 1000 classes.

@@ -5,13 +5,25 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY
 
 from efficientnet_tf import build_model
-from efficientnet_tf.training import (LARS, ExponentialMovingAverage, MomentumTF,
-                                      ReferenceLearningRate, RMSpropTF, build_learning_rate,
-                                      build_lr_schedule, build_optimizer, classification_loss,
-                                      ema_decay, ema_source_variables, l2_loss, l2_variables)
+from efficientnet_tf.training import (
+    LARS,
+    ExponentialMovingAverage,
+    MomentumTF,
+    ReferenceLearningRate,
+    RMSpropTF,
+    build_learning_rate,
+    build_lr_schedule,
+    build_optimizer,
+    classification_loss,
+    ema_decay,
+    ema_source_variables,
+    l2_loss,
+    l2_variables,
+)
+
+from conftest import TINY
 
 GRADS = np.array([[0.5, -1.0, 2.0], [0.1, 0.3, -0.2], [-1.5, 0.0, 0.7], [2.0, -0.4, 0.05]])
 
@@ -333,10 +345,11 @@ def test_l2_coverage_on_efficientnet():
     model = tiny_model()
     included = {id(v) for v in l2_variables(model)}
     layers = model._flatten_layers(include_self=False, recursive=True)
-    bns = [l for l in layers if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert bns and not any(id(v) in included for bn in bns for v in (bn.gamma, bn.beta))
-    se = [l for l in layers if l.name in ("se_reduce", "se_expand")]
-    assert len(se) == 14 and all(id(l.bias) in included and id(l.kernel) in included for l in se)
+    se = [layer for layer in layers if layer.name in ("se_reduce", "se_expand")]
+    assert len(se) == 14 and all(id(layer.bias) in included and id(layer.kernel) in included
+                                 for layer in se)
     dense = model.get_layer("predictions")
     assert id(dense.kernel) in included and id(dense.bias) in included
     # 7 blocks (1 repeat each): stem 1 + expand 6 + depthwise 7 + SE 4x7 + project 7 + head 1

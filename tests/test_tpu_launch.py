@@ -442,6 +442,14 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path):
     assert "global batch 1024" in proc.stderr
 
 
+def test_runs_from_a_bare_checkout(tmp_path):
+    """`python -S`: no site-packages, so neither an installed efficientnet_tf nor TensorFlow."""
+    proc = subprocess.run([sys.executable, "-S", str(LAUNCH), *CLI_ARGS, "--dry_run", "train"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [shlex.join(launch.train_command(make_cfg()))]
+
+
 def test_missing_gcloud_is_a_clear_error(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -485,7 +493,9 @@ def test_a_failed_delete_is_reported_with_the_command_to_retry(tmp_path):
 @pytest.mark.parametrize("mode", launch.MAIN_MODES)
 def test_main_py_accepts_every_flag_the_launcher_passes(mode):
     """main.py refuses flags its mode does not use; the launcher must not pass any."""
-    import flags as cli_flags
+    from efficientnet_tf.cli import flags as cli_flags
 
     names = {arg[2:].split("=", 1)[0] for arg in launch.main_py_args(make_cfg(mode=mode))}
-    assert names - {"mode"} <= cli_flags.MODE_FLAGS[mode]
+    if not cli_flags.GROUP_OF:
+        cli_flags.define_flags()
+    assert names - {"mode"} <= cli_flags.mode_flags()[mode]

@@ -46,7 +46,7 @@ def test_train_and_eval_writes_everything(trained_run):
     assert results["num_examples"] == 24 and results["step"] == 4
     config = json.loads((model_dir / "config.json").read_text())
     assert config["model"]["num_classes"] == 10 and config["model"]["resolution"] == 32
-    assert config["train"]["train_steps"] == 4
+    assert config["recipe"]["train_steps"] == 4 and config["runtime"]["model_dir"] == str(model_dir)
     assert f"Results: {model_dir}/eval_results.json" in proc.stdout
     events = os.listdir(model_dir / "train")
     assert any(e.startswith("events.out.tfevents") for e in events)
@@ -72,6 +72,7 @@ def corrupt_tfrecords(root, good=4, bad=8, num_eval=12):
     """An ImageNet-format dir of 4 classes: a train shard of `good` JPEGs, then `bad` truncated
     ones; a clean validation shard (eval refuses corrupt records)."""
     import tensorflow as tf
+
     from efficientnet_tf.data import tfrecord
     from efficientnet_tf.data.testing import encode, natural_image, write_image_tfrecords
 
@@ -127,7 +128,7 @@ def test_cutmix_run_skips_counts_and_names_corrupt_training_records(tmp_path):
 def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
     proc = run_main("--mode=eval", *EVAL_FLAGS, f"--model_dir={tmp_path}", check=False)
     assert proc.returncode == 2
-    assert "No checkpoint in --model_dir" in proc.stderr
+    assert f"No checkpoint in {tmp_path} and no weights file given (--weights)" in proc.stderr
 
 
 def test_resume_refuses_a_different_model(trained_run):
@@ -145,7 +146,7 @@ def test_eval_refuses_flags_that_would_score_other_weights(trained_run):
     model_dir, _ = trained_run
     proc = run_main("--mode=eval", *EVAL_FLAGS, "--moving_average_decay=0",
                     f"--model_dir={model_dir}", check=False)
-    assert proc.returncode == 2 and "trained with --moving_average_decay=0.9999" in proc.stderr
+    assert proc.returncode == 2 and "trained with moving_average_decay=0.9999" in proc.stderr
     flags = [f for f in EVAL_FLAGS if not f.startswith("--width")]
     proc = run_main("--mode=eval", *flags, "--width_coefficient=0.5", f"--model_dir={model_dir}",
                     check=False)
@@ -252,6 +253,7 @@ def test_multi_worker_mirrored_two_local_workers_agree(tmp_path):
 
 def test_fine_tune_new_head_with_frozen_backbone(trained_run, tmp_path):
     import keras
+
     from efficientnet_tf.model import build_model
 
     model_dir, _ = trained_run
@@ -278,21 +280,24 @@ def test_end_to_end_learns_and_eval_uses_ema(tmp_path):
     """In-process: a tiny model beats chance clearly, and evaluate() reads the EMA weights."""
     import keras
     import tensorflow as tf
+
     from efficientnet_tf import config as cfg
     from efficientnet_tf.data import DataConfig, build_dataset
+    from efficientnet_tf.experiment import ExperimentConfig
     from efficientnet_tf.training.trainer import Trainer
 
-    experiment = cfg.ExperimentConfig(
+    experiment = ExperimentConfig(
         # BN momentum 0.9: at 150 steps the 0.99 moving statistics still lag the weights.
         model=cfg.get_model_config("efficientnet-b0", width_coefficient=0.25,
                                    depth_coefficient=0.2, resolution=32, num_classes=4,
                                    bn_momentum=0.9),
         data=DataConfig(dataset="synthetic", num_classes=4, synthetic_train_size=512,
                         synthetic_eval_size=64, synthetic_image_size=32),
-        train=cfg.TrainConfig(model_dir=str(tmp_path), train_batch_size=32, eval_batch_size=32,
-                              train_steps=150, steps_per_eval=150, steps_per_loop=50,
-                              base_learning_rate=0.128, lr_schedule="cosine",
-                              lr_warmup_epochs=1, moving_average_decay=0.99))
+        recipe=cfg.RecipeConfig(train_batch_size=32, train_steps=150, base_learning_rate=0.128,
+                                lr_schedule="cosine", lr_warmup_epochs=1,
+                                moving_average_decay=0.99),
+        runtime=cfg.RuntimeConfig(model_dir=str(tmp_path), eval_batch_size=32,
+                                  steps_per_eval=150, steps_per_loop=50))
     trainer = Trainer(experiment, tf.distribute.get_strategy())
     trainer.train()
     raw = [w.numpy().copy() for w in trainer.model.weights]

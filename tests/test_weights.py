@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY
 from efficientnet_tf import build_feature_extractor, build_model, get_model_config
 from efficientnet_tf import weights as W
+from efficientnet_tf.network import model_config
+
+from conftest import TINY
 
 IMAGENET_MEAN_01 = np.array([0.485, 0.456, 0.406], "float32")
 IMAGENET_STD_01 = np.array([0.229, 0.224, 0.225], "float32")
@@ -45,8 +47,8 @@ def _keras_applications(i, size, include_top=True, pooling=None, classes=1000):
         input_shape=(size, size, 3), classifier_activation=None)
     # weights=None builds no extra Rescaling(1/sqrt(std)) (that one exists only for
     # weights='imagenet'), so variance = std^2 gives (x/255 - mean) / std.
-    assert sum(isinstance(l, keras.layers.Rescaling) for l in model.layers) == 1
-    norm = next(l for l in model.layers if isinstance(l, keras.layers.Normalization))
+    assert sum(isinstance(layer, keras.layers.Rescaling) for layer in model.layers) == 1
+    norm = next(layer for layer in model.layers if isinstance(layer, keras.layers.Normalization))
     norm.adapt_mean.assign(IMAGENET_MEAN_01)
     norm.adapt_variance.assign(IMAGENET_STD_01 ** 2)
     norm.finalize_state()  # assigning the variables alone changes nothing
@@ -63,8 +65,8 @@ def _max_diff(a, b):
 def _with_block_outputs(ours, ref):
     """Both models, also returning every block's output: a mix-up in an early block must show
     even where later blocks wash it out of the logits."""
-    blocks = [l.name for l in ours.layers if l.name.startswith("block")]
-    ref_names = {l.name for l in ref.layers}
+    blocks = [layer.name for layer in ours.layers if layer.name.startswith("block")]
+    ref_names = {layer.name for layer in ref.layers}
     ref_ends = [f"{b}_add" if f"{b}_add" in ref_names else f"{b}_project_bn" for b in blocks]
     return (keras.Model(ours.input, [ours.get_layer(b).output for b in blocks] + [ours.output]),
             keras.Model(ref.input, [ref.get_layer(n).output for n in ref_ends] + [ref.output]),
@@ -79,7 +81,7 @@ def test_keras_applications_weights_h5_parity(tmp_path, phi, size):
     ref = _keras_applications(phi, size)
     x = _images(size, seed=phi)
     # The normalization really is the ImageNet one: it matches ours applied by hand.
-    norm = next(l for l in ref.layers if isinstance(l, keras.layers.Normalization))
+    norm = next(layer for layer in ref.layers if isinstance(layer, keras.layers.Normalization))
     np.testing.assert_allclose(norm(x / 255.0), (x / 255.0 - IMAGENET_MEAN_01) / IMAGENET_STD_01,
                                atol=1e-5)
     path = str(tmp_path / f"b{phi}.weights.h5")
@@ -99,7 +101,7 @@ def test_keras_applications_weights_h5_parity(tmp_path, phi, size):
 def _write_keras2_h5(model, path):
     """The layout of the published efficientnetb0.h5: groups keyed by layer name (Keras 2)."""
     with h5py.File(path, "w") as f:
-        f.attrs["layer_names"] = np.array([l.name.encode() for l in model.layers])
+        f.attrs["layer_names"] = np.array([layer.name.encode() for layer in model.layers])
         f.attrs["backend"] = b"tensorflow"
         f.attrs["keras_version"] = b"2.4.0"
         for layer in model.layers:
@@ -129,7 +131,7 @@ def test_legacy_h5_import(tmp_path, caplog):
     assert "normalization layer" not in caplog.text
 
     # A source whose normalization differs from ours (an un-adapted layer: x/255) is reported.
-    norm = next(l for l in ref.layers if isinstance(l, keras.layers.Normalization)).name
+    norm = next(layer for layer in ref.layers if isinstance(layer, keras.layers.Normalization)).name
     with h5py.File(keras2, "r+") as f:
         f[f"{norm}/{norm}/mean:0"][...] = 0.0
         f[f"{norm}/{norm}/variance:0"][...] = 1.0
@@ -155,7 +157,7 @@ def test_legacy_notop_h5_to_backbone_file(tmp_path):
 # --- official TF1 checkpoints -------------------------------------------------------------------
 
 def _official_names(model):
-    """{TF1 name without scope: array}, written from the official names independently of weights.py."""
+    """{TF1 name without scope: array}, from the official names, independently of weights.py."""
     def bn(prefix, layer):
         return dict(zip([f"{prefix}/gamma", f"{prefix}/beta", f"{prefix}/moving_mean",
                          f"{prefix}/moving_variance"], layer.get_weights()))
@@ -165,10 +167,10 @@ def _official_names(model):
            **bn("stem/tpu_batch_normalization", get("stem_bn")),
            "head/conv2d/kernel": get("top_conv").get_weights()[0],
            **bn("head/tpu_batch_normalization", get("top_bn"))}
-    if "predictions" in [l.name for l in model.layers]:
+    if "predictions" in [layer.name for layer in model.layers]:
         kernel, bias = get("predictions").get_weights()
         out.update({"head/dense/kernel": kernel, "head/dense/bias": bias})
-    blocks = [l for l in model.layers if l.name.startswith("block")]
+    blocks = [layer for layer in model.layers if layer.name.startswith("block")]
     for i, blk in enumerate(blocks):
         p = f"blocks_{i}"
         if blk.expand_conv is not None:
@@ -239,7 +241,7 @@ def test_tf1_checkpoint_convert_prefers_ema(tmp_path, name, caplog):
     np.testing.assert_array_equal(blk.bn.moving_variance.numpy(),
                                   ema["blocks_1/tpu_batch_normalization_1/moving_variance"])
     if name.endswith("lite0"):
-        assert blk.se is None and loaded.efficientnet_config.activation == "relu6"
+        assert blk.se is None and model_config(loaded).activation == "relu6"
     else:
         np.testing.assert_array_equal(loaded.get_layer("block1a").se.se_expand.bias.numpy(),
                                       ema["blocks_0/se/conv2d_1/bias"])

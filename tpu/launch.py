@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import math
 import os
 import re
@@ -25,6 +24,12 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# `python tpu/launch.py` puts tpu/, not the checkout, on sys.path; the launcher reads the tables of
+# the checkout it ships, installed or not. The package and its config import no TensorFlow.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+from efficientnet_tf import config as model_config  # noqa: E402
+
 ACTIONS = ("create", "install", "train", "delete", "all")
 MAIN_MODES = ("train", "eval", "train_and_eval")
 REMOTE_DIR = "efficientnet_tf"            # on the VM, relative to the login user's home
@@ -34,18 +39,6 @@ TF_TPU_FIND_LINKS = "https://storage.googleapis.com/libtpu-tf-releases/index.htm
 TPU_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 RUNTIME_RE = re.compile(r"^tpu-vm-tf-(\d+)\.(\d+)\.(\d+)((?:-[a-z0-9]+)*)$")
 
-
-def _load_model_config_module():
-    """efficientnet_tf/config.py is pure Python; load it by path so Keras/TF are never imported."""
-    path = REPO_ROOT / "efficientnet_tf" / "config.py"
-    spec = importlib.util.spec_from_file_location("_efficientnet_tf_config_for_tpu_launch", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-model_config = _load_model_config_module()
 MODEL_NAMES = model_config.MODEL_NAMES
 
 

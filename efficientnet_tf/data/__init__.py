@@ -8,15 +8,18 @@ Public API (see each module's docstring for the contracts):
 - `prepare(dataset, source_dir, data_dir, ...)` (prepare.py): official archives -> TFRecords.
 - `preprocess_image(...)` (preprocessing.py) and `augment_op(...)` (augment.py): the reference's
   preprocessing and augmentation ops with its signatures, the same code the pipelines run.
-"""
-from efficientnet_tf.data.augment import augment_op
-from efficientnet_tf.data.config import AUGMENT_NAMES, DATASETS, PREPARE_DATASETS, DataConfig
-from efficientnet_tf.data.pipeline import (build_dataset, distributed_dataset, eval_steps,
-                                           steps_per_epoch)
-from efficientnet_tf.data.prepare import prepare
-from efficientnet_tf.data.preprocessing import preprocess_image
-from efficientnet_tf.data.sources import DatasetInfo, get_dataset_info
 
-__all__ = ["AUGMENT_NAMES", "DATASETS", "PREPARE_DATASETS", "DataConfig", "DatasetInfo",
-           "augment_op", "build_dataset", "distributed_dataset", "eval_steps",
-           "get_dataset_info", "prepare", "preprocess_image", "steps_per_epoch"]
+The names import their modules on first use, so `import efficientnet_tf.data` loads no TensorFlow.
+"""
+from efficientnet_tf import _lazy_exports
+
+_EXPORTS = {
+    "augment": ("augment_op",),
+    "config": ("AUGMENT_NAMES", "DATASETS", "PREPARE_DATASETS", "DataConfig"),
+    "pipeline": ("build_dataset", "distributed_dataset", "eval_steps", "steps_per_epoch"),
+    "prepare": ("prepare",),
+    "preprocessing": ("preprocess_image",),
+    "sources": ("DatasetInfo", "get_dataset_info"),
+}
+__all__ = [name for names in _EXPORTS.values() for name in names]
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

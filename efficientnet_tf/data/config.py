@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from efficientnet_tf.config import RESIZE_METHODS, ConfigMixin
+from efficientnet_tf.config import RESIZE_METHODS, ConfigMixin, setting
 
 # Sources whose data comes from TFDS builders (name in this project -> TFDS builder name).
 TFDS_BUILDERS = {
@@ -51,25 +51,41 @@ class DataConfig(ConfigMixin):
     seed: seeds synthetic data and, with `deterministic`, every shuffle and augmentation.
     """
 
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    tfds: bool | None = None
-    holdout_shards: int = 0
+    dataset: str = setting("synthetic", "Input source (docs/datasets.md). Default: imagenet "
+                           "when --data_dir is given, else synthetic.", DATASETS)
+    data_dir: str | None = setting(None, "ImageNet-format TFRecords (train-*/validation-*), a "
+                                   "TFDS data dir, or a folder tree (--dataset=folder).")
+    tfds: bool | None = setting(None, "Read the TFDS builder (--tfds) or TFRecords (--notfds); "
+                                "unset: TFRecords when data_dir holds train-*-of-* files, else "
+                                "TFDS.")
+    holdout_shards: int = setting(0, "Evaluate on the first N train shards (minival) and train "
+                                  "on the rest.")
     num_classes: int | None = None
-    augment_name: str | None = None
-    randaug_num_layers: int = 2
-    randaug_magnitude: float = 10.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    augment_ops: str = "reference"
-    resize_method: str = "bicubic"
-    half_pixel_centers: bool = False
-    deterministic: bool = False
+    augment_name: str | None = setting(None, "Extra training augmentation.", AUGMENT_NAMES)
+    randaug_num_layers: int = setting(2, "RandAugment: ops per image.")
+    randaug_magnitude: float = setting(10.0, "RandAugment magnitude (reference: 10; 17 for B5, "
+                                       "28 for B7).")
+    mixup_alpha: float = setting(0.0, "Mixup Beta(alpha, alpha); 0 disables.")
+    cutmix_alpha: float = setting(0.0, "CutMix alpha; 0 disables.")
+    augment_ops: str = setting("reference", "reference: the AutoAugment/RandAugment ops exactly "
+                               "as the reference (Solarize's uint8 wrap, Posterize's bit count, "
+                               "Contrast's mean); pil: PIL's definitions of those three.",
+                               AUGMENT_OPS)
+    resize_method: str = setting("bicubic", "Resize kernel of the train/eval preprocessing. "
+                                 "Default: the reference's for the model (bilinear for Lite and "
+                                 "EdgeTPU, bicubic otherwise).", RESIZE_METHODS)
+    half_pixel_centers: bool = setting(False, "Resize with TF2's half-pixel kernels and clip to "
+                                       "[0, 255]. Default: the reference's TF1 kernels, "
+                                       "unclipped, which the official checkpoints were trained "
+                                       "and evaluated with.")
+    deterministic: bool = setting(False, "Deterministic input order and augmentation.")
     seed: int = 0
-    cache: bool | None = None
+    cache: bool | None = setting(None, "Cache the encoded dataset in memory (default: only the "
+                                 "small datasets cifar10/100, oxford_flowers102, "
+                                 "oxford_iiit_pet).")
     shuffle_buffer_size: int = 10_000
-    synthetic_train_size: int = 2048
-    synthetic_eval_size: int = 512
+    synthetic_train_size: int = setting(2048, "synthetic: training examples generated.")
+    synthetic_eval_size: int = setting(512, "synthetic: eval examples generated.")
     synthetic_image_size: int = 64
 
     def __post_init__(self):
@@ -81,9 +97,7 @@ class DataConfig(ConfigMixin):
         self.validate()
 
     def validate(self):
-        def check(ok, field, msg):
-            if not ok:
-                raise ValueError(f"DataConfig.{field}={getattr(self, field)!r}: {msg}")
+        check = self._require
 
         check(self.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}")
         if self.dataset == "synthetic":
@@ -91,7 +105,8 @@ class DataConfig(ConfigMixin):
                   "the synthetic dataset is generated in memory; do not pass a data_dir")
         else:
             check(bool(self.data_dir), "data_dir", f"dataset {self.dataset!r} needs a data_dir")
-        check(self.tfds is None or isinstance(self.tfds, bool), "tfds", "must be True, False or None")
+        check(self.tfds is None or isinstance(self.tfds, bool), "tfds",
+              "must be True, False or None")
         if self.tfds:
             check(self.dataset in TFDS_BUILDERS, "tfds",
                   f"dataset {self.dataset!r} has no TFDS builder; TFDS sources: "
@@ -109,7 +124,8 @@ class DataConfig(ConfigMixin):
         check(isinstance(self.randaug_num_layers, int) and self.randaug_num_layers >= 1,
               "randaug_num_layers", "must be an integer >= 1")
         check(0.0 <= self.randaug_magnitude <= MAX_RANDAUG_MAGNITUDE, "randaug_magnitude",
-              f"must be in [0, {MAX_RANDAUG_MAGNITUDE:g}] (the reference uses 10, 17 for B5, 28 for B7)")
+              f"must be in [0, {MAX_RANDAUG_MAGNITUDE:g}] "
+              "(the reference uses 10, 17 for B5, 28 for B7)")
         check(self.augment_ops in AUGMENT_OPS, "augment_ops",
               f"must be one of {', '.join(AUGMENT_OPS)}")
         check(self.resize_method in RESIZE_METHODS, "resize_method",
@@ -118,7 +134,8 @@ class DataConfig(ConfigMixin):
               "must be True or False")
         check(self.mixup_alpha >= 0.0, "mixup_alpha", "must be >= 0 (0 disables mixup)")
         check(self.cutmix_alpha >= 0.0, "cutmix_alpha", "must be >= 0 (0 disables cutmix)")
-        check(self.cache is None or isinstance(self.cache, bool), "cache", "must be True, False or None")
+        check(self.cache is None or isinstance(self.cache, bool), "cache",
+              "must be True, False or None")
         check(isinstance(self.shuffle_buffer_size, int) and self.shuffle_buffer_size >= 1,
               "shuffle_buffer_size", "must be an integer >= 1")
         check(isinstance(self.seed, int), "seed", "must be an integer")

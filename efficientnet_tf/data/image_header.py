@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-# PIL's DecompressionBombWarning threshold: a 48 MP phone photo passes.
-MAX_IMAGE_PIXELS = 89_478_485
+from efficientnet_tf.config import MAX_IMAGE_PIXELS
+
 _PAD = b"\0" * 32  # reads past the end of a short string see zeros instead of failing
 
 

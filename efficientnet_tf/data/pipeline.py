@@ -25,6 +25,7 @@ import sys
 
 import tensorflow as tf
 
+from efficientnet_tf.config import ConfigError
 from efficientnet_tf.data import preprocessing
 from efficientnet_tf.data.augment import ImageAugmenter, LabelMixer
 from efficientnet_tf.data.config import DataConfig
@@ -103,7 +104,8 @@ def _log_skipped(pipeline_id: int):
 
 
 def _label_check(num_classes: int, dataset: str):
-    """`check(label)`: an assertion op failing for labels outside [0, num_classes) (never skipped)."""
+    """`check(label)`: an assertion op failing for labels outside [0, num_classes) (never
+    skipped)."""
     def check(label):
         return tf.debugging.Assert(tf.logical_and(label >= 0, label < num_classes), [
             f"Label out of range [0, {num_classes}) in dataset {dataset!r}: wrong num_classes, or "
@@ -142,8 +144,8 @@ def build_dataset(config: DataConfig, split: str, global_batch_size: int, *, ima
     source = resolve_source(config)
     ctx = input_context or tf.distribute.InputContext()
     if global_batch_size % ctx.num_replicas_in_sync:
-        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by the "
-                         f"{ctx.num_replicas_in_sync} replicas.")
+        raise ConfigError(f"global_batch_size={global_batch_size} is not divisible by the "
+                          f"{ctx.num_replicas_in_sync} replicas.")
     batch_size = ctx.get_per_replica_batch_size(global_batch_size)
     seed = config.seed * 1_000_003 + ctx.input_pipeline_id if config.deterministic else None
     options = ReadOptions(
@@ -242,8 +244,8 @@ def distributed_dataset(strategy: tf.distribute.Strategy, config: DataConfig, sp
     """Per-replica pipelines via `strategy.distribute_datasets_from_function`."""
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
-        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by the "
-                         f"{replicas} replicas of {type(strategy).__name__}.")
+        raise ConfigError(f"global_batch_size={global_batch_size} is not divisible by the "
+                          f"{replicas} replicas of {type(strategy).__name__}.")
     return strategy.distribute_datasets_from_function(
         lambda ctx: build_dataset(config, split, global_batch_size, image_size=image_size,
                                   input_context=ctx, is_training=is_training, one_hot=one_hot,
@@ -254,8 +256,8 @@ def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
     """Full global batches in one pass over the training split."""
     steps = info.train_size // global_batch_size
     if steps < 1:
-        raise ValueError(f"The {info.name} train split has {info.train_size} examples, fewer than "
-                         f"one global batch of {global_batch_size}.")
+        raise ConfigError(f"The {info.name} train split has {info.train_size} examples, fewer than "
+                          f"one global batch of {global_batch_size}.")
     return steps
 
 

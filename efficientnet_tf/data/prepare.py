@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import json
 import logging
 import math
 import os
@@ -25,9 +24,11 @@ import tempfile
 import tensorflow as tf
 from PIL import Image
 
+from efficientnet_tf.config import ConfigError
 from efficientnet_tf.data import tfrecord
 from efficientnet_tf.data.config import PREPARE_DATASETS
 from efficientnet_tf.data.sources import NUM_CLASSES, list_image_folder
+from efficientnet_tf.files import write_json_atomic
 
 EXAMPLES_PER_SHARD = 1024
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def _read_tsv(path: str) -> list[dict]:
                 continue
             values = line.rstrip("\n").split("\t")
             if len(values) != len(header):
-                raise ValueError(f"{path}:{n}: {len(values)} fields, header has {len(header)}")
+                raise ConfigError(f"{path}:{n}: {len(values)} fields, header has {len(header)}")
             rows.append(dict(zip(header, values)))
     return rows
 
@@ -81,8 +82,9 @@ def collect_stanford_cars(source_dir: str):
                        "cars_test_annos_withlabels.mat (the test annotations with labels)")
     class_names = [str(n) for n in np.atleast_1d(loadmat(meta, squeeze_me=True)["class_names"])]
     splits = {}
-    for split, annos, image_dirs in (("train", train_annos, ["cars_train/cars_train", "cars_train"]),
-                                     ("validation", test_annos, ["cars_test/cars_test", "cars_test"])):
+    for split, annos, image_dirs in (
+            ("train", train_annos, ["cars_train/cars_train", "cars_train"]),
+            ("validation", test_annos, ["cars_test/cars_test", "cars_test"])):
         image_dir = _find(source_dir, image_dirs, f"Stanford Cars {split} image directory")
         records = np.atleast_1d(loadmat(annos, squeeze_me=True)["annotations"])
         splits[split] = [(os.path.join(image_dir, str(r["fname"])), int(r["class"]) - 1)
@@ -115,7 +117,7 @@ def collect_fgvc_aircraft(source_dir: str):
     for split, split_rows in rows.items():
         unknown = sorted({v for _, v in split_rows} - set(index))
         if unknown:
-            raise ValueError(f"FGVC Aircraft: variants {unknown[:3]} are not in {variants_file}.")
+            raise ConfigError(f"FGVC Aircraft: variants {unknown[:3]} are not in {variants_file}.")
         splits[split] = [(os.path.join(image_dir, f"{i}.jpg"), index[v]) for i, v in split_rows]
     return class_names, splits, False
 
@@ -132,7 +134,7 @@ def collect_birdsnap(source_dir: str):
     species = sorted(species, key=lambda r: int(r["id"]))
     ids = [int(r["id"]) for r in species]
     if ids != list(range(1, len(ids) + 1)):
-        raise ValueError("Birdsnap species.txt: ids must run 1..N without gaps.")
+        raise ConfigError("Birdsnap species.txt: ids must run 1..N without gaps.")
     splits = {"train": [], "validation": []}
     for r in images:
         split = "validation" if r["path"] in test else "train"
@@ -177,7 +179,7 @@ def _write_shard(path, examples, class_names, skip_bad):
                 continue
             except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for corrupt images
                 if not skip_bad:
-                    raise ValueError(f"Cannot decode image {image_path!r}: {e}") from e
+                    raise ConfigError(f"Cannot decode image {image_path!r}: {e}") from e
                 skipped.append(image_path)
                 continue
             name = class_names[label]
@@ -199,33 +201,35 @@ def prepare(dataset: str, source_dir: str, data_dir: str, *, num_train_shards: i
     datasets treat a missing or corrupt image as an error).
     """
     if dataset not in PREPARE_DATASETS:
-        raise ValueError(f"prepare: dataset={dataset!r}; --mode=prepare converts one of "
-                         f"{', '.join(PREPARE_DATASETS)} (the TFDS datasets are read directly).")
+        raise ConfigError(f"prepare: dataset={dataset!r}; --mode=prepare converts one of "
+                          f"{', '.join(PREPARE_DATASETS)} (the TFDS datasets are read directly).")
     if not source_dir or not os.path.isdir(source_dir):
         raise SourceLayoutError(f"prepare: source_dir {source_dir!r} does not exist or is not a "
                                 "directory.")
     if not data_dir:
-        raise ValueError("prepare: data_dir (the output directory) is required.")
+        raise ConfigError("prepare: data_dir (the output directory) is required.")
     source_dir = os.path.abspath(source_dir)
     os.makedirs(data_dir, exist_ok=True)
     existing = [n for n in os.listdir(data_dir)
                 if tfrecord.SHARD_RE.match(n) or n == tfrecord.METADATA_FILE]
     if existing and not overwrite:
         raise FileExistsError(f"prepare: data_dir {data_dir!r} already holds a conversion "
-                              f"({existing[0]}, ...); pass overwrite=True (--overwrite) to replace it.")
+                              f"({existing[0]}, ...); pass overwrite=True (--overwrite) to replace "
+                              "it.")
 
     class_names, splits, skip_bad = COLLECTORS[dataset](source_dir)
     expected = NUM_CLASSES.get(dataset)
     if expected is not None and len(class_names) != expected:
-        raise ValueError(f"prepare {dataset}: found {len(class_names)} classes in {source_dir!r}, "
-                         f"the dataset has {expected}; the class list file is incomplete or wrong.")
+        raise ConfigError(f"prepare {dataset}: found {len(class_names)} classes in "
+                          f"{source_dir!r}, the dataset has {expected}; the class list file is "
+                          "incomplete or wrong.")
     for split, examples in splits.items():
         if not examples:
-            raise ValueError(f"prepare {dataset}: no {split} examples found in {source_dir!r}.")
+            raise ConfigError(f"prepare {dataset}: no {split} examples found in {source_dir!r}.")
         bad = next(((p, label) for p, label in examples if not 0 <= label < len(class_names)), None)
         if bad:
-            raise ValueError(f"prepare {dataset}: label {bad[1] + 1} of {bad[0]!r} is outside "
-                             f"1..{len(class_names)}.")
+            raise ConfigError(f"prepare {dataset}: label {bad[1] + 1} of {bad[0]!r} is outside "
+                              f"1..{len(class_names)}.")
     train = list(splits["train"])
     random.Random(seed).shuffle(train)
     plan = []
@@ -233,7 +237,7 @@ def prepare(dataset: str, source_dir: str, data_dir: str, *, num_train_shards: i
                                      (tfrecord.EVAL_PREFIX, splits["validation"], num_eval_shards)):
         shards = shards or math.ceil(len(examples) / EXAMPLES_PER_SHARD)
         if not 1 <= shards <= len(examples):
-            raise ValueError(f"prepare: {shards} {prefix} shards for {len(examples)} examples.")
+            raise ConfigError(f"prepare: {shards} {prefix} shards for {len(examples)} examples.")
         for i in range(shards):
             plan.append((prefix, tfrecord.shard_name(prefix, i, shards), examples[i::shards]))
 
@@ -252,20 +256,17 @@ def prepare(dataset: str, source_dir: str, data_dir: str, *, num_train_shards: i
             totals[prefix] += n
         empty = [name for name, n in counts.items() if n == 0]
         if empty:
-            raise ValueError(f"prepare {dataset}: shard {empty[0]} would be empty (all of its images "
-                             "are missing or corrupt); check the source directory.")
+            raise ConfigError(f"prepare {dataset}: shard {empty[0]} would be empty (all of its "
+                              "images are missing or corrupt); check the source directory.")
         metadata = {"format": tfrecord.METADATA_FORMAT, "dataset": dataset,
                     "num_classes": len(class_names), "class_names": list(class_names),
                     "num_examples": totals, "shard_counts": counts,
                     "skipped": {k: len(v) for k, v in skipped.items()}}
-        with open(os.path.join(tmp, tfrecord.METADATA_FILE), "w", encoding="utf-8") as f:
-            json.dump(metadata, f, indent=1)
         for name in existing:
             os.remove(os.path.join(data_dir, name))
         for _, name, _ in plan:
             os.replace(os.path.join(tmp, name), os.path.join(data_dir, name))
-        os.replace(os.path.join(tmp, tfrecord.METADATA_FILE),
-                   os.path.join(data_dir, tfrecord.METADATA_FILE))
+        write_json_atomic(os.path.join(data_dir, tfrecord.METADATA_FILE), metadata)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for prefix, paths in skipped.items():

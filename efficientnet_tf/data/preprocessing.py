@@ -1,4 +1,5 @@
-"""Reference image preprocessing (docs/fidelity.md): Inception crop for training, padded center crop for eval.
+"""Reference image preprocessing (docs/fidelity.md): Inception crop for training, padded center
+crop for eval.
 
 Reference-exact by default: the official EfficientNet code's crops, its TF1 resize kernels (no
 half-pixel offset) and no clipping, quirks included. Inputs are either encoded image bytes (a
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from efficientnet_tf.config import RESIZE_METHODS
+from efficientnet_tf.config import MAX_IMAGE_PIXELS, RESIZE_METHODS
 from efficientnet_tf.data.augment import ImageAugmenter
-from efficientnet_tf.data.image_header import MAX_IMAGE_PIXELS, check_image_pixels
+from efficientnet_tf.data.image_header import check_image_pixels
 
 CROP_FRACTION = 0.875
 MIN_OBJECT_COVERED = 0.1

@@ -24,6 +24,7 @@ import os
 
 import tensorflow as tf
 
+from efficientnet_tf.config import ConfigError
 from efficientnet_tf.data import synthetic, tfrecord
 from efficientnet_tf.data.config import PREPARE_DATASETS, TFDS_BUILDERS, DataConfig
 
@@ -36,8 +37,8 @@ NUM_CLASSES = {"imagenet": 1000, "cifar10": 10, "cifar100": 100, "oxford_flowers
                "oxford_iiit_pet": 37, "food101": 101, "stanford_cars": 196, "fgvc_aircraft": 100,
                "birdsnap": 500}
 # TFDS split names: (train, eval).
-TFDS_SPLITS = {"oxford_flowers102": ("train+validation", "test"), "food101": ("train", "validation"),
-               "imagenet": ("train", "validation")}
+TFDS_SPLITS = {"oxford_flowers102": ("train+validation", "test"),
+               "food101": ("train", "validation"), "imagenet": ("train", "validation")}
 # Small enough to cache the encoded records in memory by default.
 CACHE_BY_DEFAULT = ("cifar10", "cifar100", "oxford_flowers102", "oxford_iiit_pet")
 # The standard ImageNet conversion: 1024 train / 128 validation shards; the reference's minival is
@@ -108,12 +109,13 @@ class Source:
 def _check_num_classes(config: DataConfig, found: int | None, where: str) -> int:
     if config.num_classes is not None:
         if found is not None and config.num_classes < found:
-            raise ValueError(f"DataConfig.num_classes={config.num_classes} is smaller than the "
-                             f"{found} classes of {where}.")
+            raise ConfigError(f"DataConfig.num_classes={config.num_classes} is smaller than the "
+                              f"{found} classes of {where}.")
         return config.num_classes
     if found is None:
-        raise ValueError(f"The number of classes of {where} is unknown (no {tfrecord.METADATA_FILE}); "
-                         "set DataConfig.num_classes (--num_classes).")
+        raise ConfigError(f"The number of classes of {where} is unknown "
+                          f"(no {tfrecord.METADATA_FILE}); "
+                          "set DataConfig.num_classes (--num_classes).")
     return found
 
 
@@ -126,7 +128,7 @@ def _finish_list(ds, n: int, options: ReadOptions):
 class SyntheticSource(Source):
     def __init__(self, config: DataConfig):
         if config.cache:
-            raise ValueError("cache=True does not apply to synthetic data (generated per step).")
+            raise ConfigError("cache=True does not apply to synthetic data (generated per step).")
         self.config = config
         self.num_classes = config.num_classes or 10
         self.info = DatasetInfo(
@@ -163,7 +165,7 @@ def list_image_folder(root: str):
                 f"{root}/validation/<class>/*.jpg (*.jpeg and *.png work too).")
     classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
     if not classes:
-        raise ValueError(f"Folder dataset: no class directories in {train_dir!r}.")
+        raise ConfigError(f"Folder dataset: no class directories in {train_dir!r}.")
     index = {c: i for i, c in enumerate(classes)}
     files = {}
     for split, split_dir in (("train", train_dir), ("eval", eval_dir)):
@@ -172,15 +174,15 @@ def list_image_folder(root: str):
             if not entry.is_dir():
                 continue
             if entry.name not in index:
-                raise ValueError(f"Folder dataset: class directory {entry.path!r} has no "
-                                 "counterpart under train/; every class must appear in train/.")
+                raise ConfigError(f"Folder dataset: class directory {entry.path!r} has no "
+                                  "counterpart under train/; every class must appear in train/.")
             for name in sorted(os.listdir(entry.path)):
                 if name.lower().endswith(IMAGE_EXTENSIONS):
                     paths.append(os.path.join(entry.path, name))
                     labels.append(index[entry.name])
         if not paths:
-            raise ValueError(f"Folder dataset: no {'/'.join(IMAGE_EXTENSIONS)} images under "
-                             f"{split_dir!r}.")
+            raise ConfigError(f"Folder dataset: no {'/'.join(IMAGE_EXTENSIONS)} images under "
+                              f"{split_dir!r}.")
         files[split] = (paths, labels)
     return tuple(classes), files
 
@@ -226,8 +228,8 @@ class TFRecordSource(Source):
         holdout = config.holdout_shards
         if holdout:
             if holdout >= len(train):
-                raise ValueError(f"holdout_shards={holdout} leaves no training data: {data_dir!r} "
-                                 f"has {len(train)} train shards.")
+                raise ConfigError(f"holdout_shards={holdout} leaves no training data: {data_dir!r} "
+                                  f"has {len(train)} train shards.")
             self.files = {"train": train[holdout:], "eval": train[:holdout]}
             splits = (f"train shards {holdout}..{len(train) - 1}",
                       f"train shards 0..{holdout - 1} (holdout)")
@@ -242,8 +244,8 @@ class TFRecordSource(Source):
 
         meta = tfrecord.read_metadata(data_dir)
         if meta is not None and meta["dataset"] != config.dataset:
-            raise ValueError(f"{os.path.join(data_dir, tfrecord.METADATA_FILE)} says these records "
-                             f"hold {meta['dataset']!r}, not {config.dataset!r}.")
+            raise ConfigError(f"{os.path.join(data_dir, tfrecord.METADATA_FILE)} says these "
+                              f"records hold {meta['dataset']!r}, not {config.dataset!r}.")
         found_classes = meta["num_classes"] if meta else NUM_CLASSES.get(config.dataset)
         sizes = self._sizes(config, meta, train)
         self.info = DatasetInfo(
@@ -258,8 +260,9 @@ class TFRecordSource(Source):
             missing = [f for f in self.files["train"] + self.files["eval"]
                        if os.path.basename(f) not in counts]
             if missing:
-                raise ValueError(f"{tfrecord.METADATA_FILE} in {config.data_dir!r} has no count for "
-                                 f"{os.path.basename(missing[0])}; the directory mixes conversions.")
+                raise ConfigError(f"{tfrecord.METADATA_FILE} in {config.data_dir!r} has no count "
+                                  f"for {os.path.basename(missing[0])}; the directory mixes "
+                                  "conversions.")
             return tuple(sum(counts[os.path.basename(f)] for f in self.files[s]) for s in SPLITS)
         standard = (config.dataset == "imagenet" and len(all_train) == IMAGENET_SHARDS[0]
                     and (config.holdout_shards or len(self.files["eval"]) == IMAGENET_SHARDS[1]))
@@ -283,7 +286,8 @@ class TFRecordSource(Source):
 
         names = tf.data.Dataset.from_tensor_slices(files)
         if options.training and not options.cache:
-            names = names.shuffle(len(files), seed=options.seed, reshuffle_each_iteration=True).repeat()
+            names = names.shuffle(len(files), seed=options.seed,
+                                  reshuffle_each_iteration=True).repeat()
         ds = names.interleave(read, cycle_length=min(len(files), 16), block_length=1,
                               num_parallel_calls=AUTOTUNE,
                               deterministic=options.deterministic or not options.training)
@@ -308,7 +312,8 @@ def _finish_records(ds, options: ReadOptions, by_file: bool, repeated: bool):
 
 @functools.lru_cache(maxsize=64)
 def _count_files(files: tuple) -> int:
-    log.info("Counting the records of %d TFRecord files (no %s)...", len(files), tfrecord.METADATA_FILE)
+    log.info("Counting the records of %d TFRecord files (no %s)...", len(files),
+             tfrecord.METADATA_FILE)
     return tfrecord.count_records(files)
 
 
@@ -324,7 +329,8 @@ class TFDSSource(Source):
                 f"TFDS dataset {self.builder_name!r} is not prepared in data_dir "
                 f"{config.data_dir!r} (looked in {self.builder.data_dir}). "
                 + TFDS_HELP.format(builder=self.builder_name, data_dir=config.data_dir)
-                + ("" if config.tfds else " No ImageNet-format TFRecords (train-*-of-*) there either."))
+                + ("" if config.tfds
+                   else " No ImageNet-format TFRecords (train-*-of-*) there either."))
         self.splits = dict(zip(SPLITS, TFDS_SPLITS.get(config.dataset, ("train", "test"))))
         sizes = [self.builder.info.splits[self.splits[s]].num_examples for s in SPLITS]
         label = self.builder.info.features["label"]
@@ -364,14 +370,15 @@ def resolve_source(config: DataConfig) -> Source:
         return SyntheticSource(config)
     data_dir = config.data_dir
     if not tf.io.gfile.isdir(data_dir):
-        raise FileNotFoundError(f"data_dir {data_dir!r} (dataset {config.dataset!r}) does not exist "
-                                "or is not a directory.")
+        raise FileNotFoundError(f"data_dir {data_dir!r} (dataset {config.dataset!r}) does not "
+                                "exist or is not a directory.")
     if not tf.io.gfile.listdir(data_dir):
         raise FileNotFoundError(f"data_dir {data_dir!r} (dataset {config.dataset!r}) is empty.")
     has_records = (tfrecord.has_shards(data_dir)
                    or tfrecord.has_shards(data_dir, tfrecord.EVAL_PREFIX))
     use_tfds = config.tfds if config.tfds is not None else (
-        not has_records and config.dataset in TFDS_BUILDERS and config.dataset not in PREPARE_DATASETS)
+        not has_records and config.dataset in TFDS_BUILDERS
+        and config.dataset not in PREPARE_DATASETS)
     if use_tfds:
         source = TFDSSource(config)
     elif config.dataset == "folder" and not has_records:
@@ -379,11 +386,11 @@ def resolve_source(config: DataConfig) -> Source:
     else:
         return TFRecordSource(config)
     if config.holdout_shards:
-        raise ValueError(f"holdout_shards={config.holdout_shards} holds out TFRecord shards, but "
-                         f"data_dir {data_dir!r} is read as a {source.info.source} source.")
+        raise ConfigError(f"holdout_shards={config.holdout_shards} holds out TFRecord shards, but "
+                          f"data_dir {data_dir!r} is read as a {source.info.source} source.")
     if config.cache and source.info.source == "folder":
-        raise ValueError("cache=True caches encoded records of TFRecord or TFDS sources; an image "
-                         "folder is read file by file (the OS page cache already applies).")
+        raise ConfigError("cache=True caches encoded records of TFRecord or TFDS sources; an image "
+                          "folder is read file by file (the OS page cache already applies).")
     return source
 
 

@@ -47,7 +47,8 @@ def write_image_tfrecords(data_dir: str, prefix: str, images, labels, num_shards
                 writer.write(tfrecord.make_example(
                     images[i], label=int(labels[i]) + 1, height=int(decoded.shape[0]),
                     width=int(decoded.shape[1]), filename=f"{prefix}_{i}.jpg",
-                    synset=f"n{int(labels[i]):08d}", text=f"class {int(labels[i])}").SerializeToString())
+                    synset=f"n{int(labels[i]):08d}",
+                    text=f"class {int(labels[i])}").SerializeToString())
         paths.append(path)
     return paths
 

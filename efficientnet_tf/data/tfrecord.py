@@ -12,6 +12,8 @@ import re
 
 import tensorflow as tf
 
+from efficientnet_tf.config import ConfigError
+
 TRAIN_PREFIX = "train"
 EVAL_PREFIX = "validation"
 METADATA_FILE = "metadata.json"
@@ -32,7 +34,7 @@ def list_shards(data_dir: str, prefix: str) -> list[str]:
     if names:
         totals = {int(SHARD_RE.match(n)["total"]) for n in names}
         if len(totals) != 1 or len(names) != totals.pop():
-            raise ValueError(
+            raise ConfigError(
                 f"Incomplete shard set in {data_dir!r}: found {len(names)} files matching "
                 f"'{prefix}-*-of-*' with inconsistent or missing shard numbers (first: {names[0]}, "
                 f"last: {names[-1]}). Copy all shards or re-run --mode=prepare.")
@@ -51,8 +53,8 @@ def read_metadata(data_dir: str) -> dict | None:
     with tf.io.gfile.GFile(path) as f:
         meta = json.load(f)
     if meta.get("format") != METADATA_FORMAT:
-        raise ValueError(f"{path}: not written by this project's prepare "
-                         f"(format {meta.get('format')!r}, expected {METADATA_FORMAT!r}).")
+        raise ConfigError(f"{path}: not written by this project's prepare "
+                          f"(format {meta.get('format')!r}, expected {METADATA_FORMAT!r}).")
     return meta
 
 
@@ -71,8 +73,8 @@ def count_records(files) -> int:
             try:
                 count([path])
             except tf.errors.DataLossError as e:
-                raise ValueError(f"Corrupt or truncated TFRecord file {path}: {e.message}. "
-                                 "Re-copy or re-create it.") from None
+                raise ConfigError(f"Corrupt or truncated TFRecord file {path}: {e.message}. "
+                                  "Re-copy or re-create it.") from None
         raise
 
 

@@ -1,4 +1,5 @@
-"""Exponential moving average of the model weights, as the reference evaluates with (docs/fidelity.md).
+"""Exponential moving average of the model weights, as the reference evaluates with
+(docs/fidelity.md).
 
 Covers every floating-point model weight: the trainables AND the BatchNorm moving mean/variance
 (Keras' built-in `use_ema` covers trainables only and has no warm-up). Integer state (seed
@@ -107,7 +108,8 @@ class ExponentialMovingAverage(tf.Module):
 
     @contextlib.contextmanager
     def averaged_weights(self):
-        """`with ema.averaged_weights(): evaluate/export` — the model holds the EMA weights inside."""
+        """`with ema.averaged_weights(): evaluate/export` — the model holds the EMA weights
+        inside."""
         self.swap()
         try:
             yield

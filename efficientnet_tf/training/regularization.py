@@ -1,4 +1,5 @@
-"""Loss terms of the reference recipe: L2 weight decay and label-smoothed cross-entropy (docs/fidelity.md)."""
+"""Loss terms of the reference recipe: L2 weight decay and label-smoothed cross-entropy
+(docs/fidelity.md)."""
 from __future__ import annotations
 
 import keras

@@ -1,4 +1,5 @@
-"""Learning-rate schedules of the reference recipe (docs/fidelity.md), computed as the reference does.
+"""Learning-rate schedules of the reference recipe (docs/fidelity.md), computed as the reference
+does.
 
 `build_learning_rate` restates the reference's `utils.build_learning_rate` with the same float32
 TF ops, so it reproduces the reference's learning rates (golden-tested). Its quirks are kept:
@@ -8,8 +9,9 @@ schedule is already at peak · 0.97^floor(warmup/decay_steps); `poly` decays tow
 keeps this project's earlier preference instead: the decay starts at the end of warmup.
 
 Bit-exactness: the reference ran as a TF1 graph, whose optimizer (Grappler) folds the constant
-factors of `c1 * step / c2` into `step * (c1 / c2)`; the cosine angle and the warmup ramp are written in
-that folded order, so the float32 results equal the reference's bit for bit (scalar steps).
+factors of `c1 * step / c2` into `step * (c1 / c2)`; the cosine angle and the warmup ramp are
+written in that folded order, so the float32 results equal the reference's bit for bit (scalar
+steps).
 """
 from __future__ import annotations
 

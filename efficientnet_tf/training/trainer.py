@@ -7,7 +7,6 @@ MultiWorkerMirroredStrategy and with `steps_per_execution > 1` under MirroredStr
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
@@ -17,22 +16,24 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf import data as data_lib
-from efficientnet_tf.config import ExperimentConfig, ModelConfig
-from efficientnet_tf.files import write_json_atomic
-from efficientnet_tf.distribute import resolve_mixed_precision, strategy_device_kind
+from efficientnet_tf import run_dir
+from efficientnet_tf.config import ConfigError
+from efficientnet_tf.distribute import (
+    is_chief,
+    resolve_jit_compile,
+    resolve_mixed_precision,
+    strategy_device_kind,
+)
+from efficientnet_tf.experiment import ExperimentConfig
+from efficientnet_tf.files import read_json, write_json_atomic
 from efficientnet_tf.layers import bn_group_size
 from efficientnet_tf.model import build_model
-from efficientnet_tf.weights import save_weights_atomic
+from efficientnet_tf.run_dir import RunLock, newest_readable_checkpoint
 from efficientnet_tf.training.ema import ExponentialMovingAverage
 from efficientnet_tf.training.optimizer import build_optimizer
-from efficientnet_tf.training.run_dir import RunLock, newest_readable_checkpoint
 from efficientnet_tf.training.regularization import classification_loss, l2_loss
 from efficientnet_tf.training.schedules import build_lr_schedule
-
-CONFIG_FILE = "config.json"
-EVAL_RESULTS_FILE = "eval_results.json"
-BEST_WEIGHTS_FILE = "best.weights.h5"
-BEST_RESULTS_FILE = "best_eval_results.json"
+from efficientnet_tf.weights import save_weights_atomic
 
 
 class Trainer:
@@ -44,53 +45,60 @@ class Trainer:
         (a directory holding only the validation split is enough)."""
         self.experiment = experiment
         self.strategy = strategy
-        train = experiment.train
-        if train.seed is not None:
-            keras.utils.set_random_seed(train.seed)  # initialization, dropout, drop-path
+        recipe = experiment.recipe
+        if recipe.seed is not None:
+            keras.utils.set_random_seed(recipe.seed)  # initialization, dropout, drop-path
         self.info = data_lib.get_dataset_info(experiment.data)
         self.num_classes = experiment.model.num_classes
         if self.num_classes != self.info.num_classes:
-            raise ValueError(
-                f"--num_classes={self.num_classes} but dataset {experiment.data.dataset!r} has "
-                f"{self.info.num_classes} classes")
+            raise ConfigError(
+                f"ModelConfig.num_classes={self.num_classes} but dataset "
+                f"{experiment.data.dataset!r} has {self.info.num_classes} classes")
         self.image_size = experiment.model.resolution
-        self.global_batch = train.train_batch_size
+        self.global_batch = recipe.train_batch_size
         self.total_steps = None
         if training:
             data_lib.steps_per_epoch(self.info, self.global_batch)  # at least one full batch
             # As the reference: a fractional epoch (train images / batch) for the LR schedule.
             self.steps_per_epoch = self.info.train_size / self.global_batch
             self.total_steps = total_train_steps(self.info.train_size, self.global_batch,
-                                                 train.train_steps, train.train_epochs)
-        self.model_dir = train.model_dir
+                                                 recipe.train_steps, recipe.train_epochs)
+        self.model_dir = experiment.runtime.model_dir
         if not self.model_dir:
-            raise ValueError("--model_dir is required: checkpoints, config.json and "
-                             "TensorBoard logs go there.")
+            raise ConfigError("RuntimeConfig.model_dir is required: checkpoints, config.json "
+                              "and TensorBoard logs go there.")
 
-        self.precision = resolve_mixed_precision(train.mixed_precision,
-                                                 strategy_device_kind(strategy))
-        keras.mixed_precision.set_global_policy(self.precision)
+        device_kind = strategy_device_kind(strategy)
+        self.precision = resolve_mixed_precision(experiment.runtime.mixed_precision, device_kind)
+        # TPUStrategy compiles every step itself; wrapping it again is for GPU/CPU only.
+        self.compile_steps = (resolve_jit_compile(experiment.runtime.jit_compile, device_kind)
+                              and device_kind != "tpu")
         # Fails here, not at the first step, when the groups do not divide the replicas.
-        bn_group_size(strategy.num_replicas_in_sync, experiment.model.bn_group_size)
-        with strategy.scope():
+        group = bn_group_size(strategy.num_replicas_in_sync, experiment.model.bn_group_size)
+        if training and self.compile_steps and group > 1 and device_kind == "cpu":
+            raise ConfigError(
+                f"RuntimeConfig.jit_compile={experiment.runtime.jit_compile!r}: batch norm shares "
+                f"statistics over {group} CPU replicas, and MirroredStrategy compiles cross-"
+                "replica sums on GPUs only; use --jit_compile=off or --bn_group_size=1.")
+        with strategy.scope(), _dtype_policy(self.precision):
             self.model = build_model(config=experiment.model, classifier_activation=None)
             self._apply_freezing()
             if training:
                 self.lr_schedule = build_lr_schedule(
-                    train.lr_schedule, train.base_learning_rate, self.global_batch,
+                    recipe.lr_schedule, recipe.base_learning_rate, self.global_batch,
                     self.steps_per_epoch, self.total_steps or 1,
-                    warmup_epochs=train.lr_warmup_epochs, decay_epochs=train.lr_decay_epoch,
-                    decay_factor=train.lr_decay_factor,
-                    continuous_warmup=train.lr_continuous_warmup)
+                    warmup_epochs=recipe.lr_warmup_epochs, decay_epochs=recipe.lr_decay_epoch,
+                    decay_factor=recipe.lr_decay_factor,
+                    continuous_warmup=recipe.lr_continuous_warmup)
             else:  # eval restores weights and step only; still a schedule (same checkpoint shape)
-                self.lr_schedule = build_lr_schedule("constant", train.base_learning_rate,
+                self.lr_schedule = build_lr_schedule("constant", recipe.base_learning_rate,
                                                      self.global_batch, None, 1, warmup_epochs=0)
             self.optimizer = build_optimizer(
-                self.lr_schedule, optimizer=train.optimizer, mixed_precision=self.precision,
-                lars_weight_decay=train.lars_weight_decay, lars_epsilon=train.lars_epsilon)
+                self.lr_schedule, optimizer=recipe.optimizer, mixed_precision=self.precision,
+                lars_weight_decay=recipe.lars_weight_decay, lars_epsilon=recipe.lars_epsilon)
             self.optimizer.build(self.model.trainable_variables)
-            self.ema = (ExponentialMovingAverage(self.model, train.moving_average_decay)
-                        if train.moving_average_decay > 0 else None)
+            self.ema = (ExponentialMovingAverage(self.model, recipe.moving_average_decay)
+                        if recipe.moving_average_decay > 0 else None)
         objects = dict(model=self.model, optimizer=self.optimizer)
         if self.ema is not None:
             objects["ema"] = self.ema
@@ -103,12 +111,12 @@ class Trainer:
     # --- setup -------------------------------------------------------------------------------
 
     def _apply_freezing(self):
-        train = self.experiment.train
-        if train.freeze_backbone:
+        recipe = self.experiment.recipe
+        if recipe.freeze_backbone:
             for layer in self.model.layers:
                 if layer.name != "predictions":
                     layer.trainable = False
-        if train.bn_mode == "frozen":
+        if recipe.bn_mode == "frozen":
             for layer in self.model._flatten_layers(include_self=False, recursive=True):
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.trainable = False
@@ -127,92 +135,104 @@ class Trainer:
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             logging.info("Resumed from %s at step %d", latest, self.step)
-        elif self.experiment.train.weights:
+        elif self.experiment.recipe.weights:
             from efficientnet_tf import weights as weights_lib
 
-            weights_lib.load_weights(self.model, self.experiment.train.weights)
+            weights_lib.load_weights(self.model, self.experiment.recipe.weights)
             if self.ema is not None:
                 self.ema.reset()
-            logging.info("Initialized from %s", self.experiment.train.weights)
+            logging.info("Initialized from %s", self.experiment.recipe.weights)
         return self.step
 
     def restore_for_eval(self) -> str:
         """--weights when given (used as is), else the latest checkpoint's model and EMA."""
-        if self.experiment.train.weights:
+        if self.experiment.recipe.weights:
             from efficientnet_tf import weights as weights_lib
 
-            weights_lib.load_weights(self.model, self.experiment.train.weights)
+            weights_lib.load_weights(self.model, self.experiment.recipe.weights)
             self.ema = None
-            return self.experiment.train.weights
+            return self.experiment.recipe.weights
         latest = newest_readable_checkpoint(self.model_dir, set_aside=False)
         if not latest:
-            raise FileNotFoundError(f"No checkpoint in --model_dir={self.model_dir} and no "
-                                    "--weights given: nothing to evaluate.")
-        saved = self._saved_config()
+            raise FileNotFoundError(f"No checkpoint in {self.model_dir} and no weights file "
+                                    "given (--weights): nothing to evaluate.")
+        saved = run_dir.read_experiment(self.model_dir, required=False)
         if saved is not None:
-            self._require_same_model(saved, "evaluated")
-            decay = saved["train"]["moving_average_decay"]
+            run_dir.require_same_model(self.model_dir, self.experiment, "evaluated")
+            decay = saved.recipe.moving_average_decay
             if (decay > 0) != (self.ema is not None):
-                raise ValueError(
-                    f"--model_dir={self.model_dir} was trained with --moving_average_decay="
-                    f"{decay}; evaluate it with the same setting, or the wrong weights (raw vs "
-                    "EMA) would be scored.")
+                raise ConfigError(
+                    f"{self.model_dir} was trained with moving_average_decay={decay}; evaluate "
+                    "it with the same setting, or the wrong weights (raw vs EMA) would be "
+                    "scored.")
         self.checkpoint.restore(latest).expect_partial()
         return latest
 
-    def _saved_config(self) -> dict | None:
-        path = os.path.join(self.model_dir, CONFIG_FILE)
-        if not tf.io.gfile.exists(path):
-            return None
-        with tf.io.gfile.GFile(path) as f:
-            return json.load(f)
-
-    def _require_same_model(self, saved: dict, action: str):
-        if ModelConfig.from_dict(saved["model"]).architecture() != self.experiment.model.architecture():
-            raise ValueError(
-                f"{os.path.join(self.model_dir, CONFIG_FILE)} describes a different model than "
-                f"this run's flags; checkpoints in --model_dir={self.model_dir} cannot be "
-                f"{action} with it. Use a new --model_dir or the same model flags.")
-
     def check_resumable(self):
         """A different model than the checkpoints' in model_dir is refused, not mixed."""
-        saved = self._saved_config()
-        if saved is not None and tf.train.latest_checkpoint(self.model_dir):
-            self._require_same_model(saved, "resumed")
+        if tf.train.latest_checkpoint(self.model_dir):
+            run_dir.require_same_model(self.model_dir, self.experiment, "resumed")
 
     def write_config(self):
         """config.json next to the checkpoints (after a successful restore: a failed resume
         leaves the directory as it was)."""
         if self.is_chief:
-            write_json_atomic(os.path.join(self.model_dir, CONFIG_FILE), self.experiment.to_dict())
+            write_json_atomic(os.path.join(self.model_dir, run_dir.CONFIG_FILE),
+                              self.experiment.to_dict())
 
     # --- steps -------------------------------------------------------------------------------
 
-    def _build_train_loop(self):
-        model, optimizer, ema = self.model, self.optimizer, self.ema
-        strategy, num_classes = self.strategy, self.num_classes
-        train = self.experiment.train
-        global_batch = self.global_batch
-        replicas = strategy.num_replicas_in_sync
+    def forward_backward(self, images, labels):
+        """One replica's loss, gradients (scaled as the optimizer expects) and correct count."""
+        model, recipe = self.model, self.experiment.recipe
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            per_example = classification_loss(labels, logits, self.num_classes,
+                                               recipe.label_smoothing)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+            loss += l2_loss(model, recipe.weight_decay) / self.strategy.num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        target = labels if labels.shape.rank == 1 else tf.argmax(labels, axis=-1)
+        correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(target, tf.int32))
+        return loss, grads, tf.reduce_sum(tf.cast(correct, tf.float32))
 
-        def step_fn(images, labels, skipped):
-            with tf.GradientTape() as tape:
-                logits = model(images, training=True)
-                per_example = classification_loss(labels, logits, num_classes,
-                                                   train.label_smoothing)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-                loss += l2_loss(model, train.weight_decay) / replicas
-                scaled = optimizer.scale_loss(loss)
-            variables = model.trainable_variables
-            grads = tape.gradient(scaled, variables)
-            optimizer.apply_gradients(zip(grads, variables))
-            if ema is not None:
-                ema.update(optimizer.iterations)
-            target = labels if labels.shape.rank == 1 else tf.argmax(labels, axis=-1)
-            correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                       tf.cast(target, tf.int32)), tf.float32)
-            return (loss, tf.reduce_sum(correct), tf.cast(tf.shape(correct)[0], tf.float32),
-                    tf.cast(skipped, tf.float32))
+    def train_step(self, images, labels, skipped, forward_backward=None):
+        """One replica's step: `forward_backward` (default: the method's), then the optimizer and
+        EMA updates. Returns (loss, correct, examples, skipped corrupt records)."""
+        loss, grads, correct = (forward_backward or self.forward_backward)(images, labels)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        if self.ema is not None:
+            self.ema.update(self.optimizer.iterations)
+        return (loss, correct, tf.cast(tf.shape(images)[0], tf.float32),
+                tf.cast(skipped, tf.float32))
+
+    def eval_step(self, images, labels, weights):
+        """One replica's weighted (top-1, top-5, examples) sums."""
+        logits = tf.cast(self.model(images, training=False), tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        weights = tf.cast(weights, tf.float32)
+        top1 = tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)
+        top5 = tf.cast(tf.math.in_top_k(labels, logits, min(5, self.num_classes)), tf.float32)
+        return tf.stack([tf.reduce_sum(top1 * weights), tf.reduce_sum(top5 * weights),
+                         tf.reduce_sum(weights)])
+
+    def _replica_train_step(self):
+        """The function `strategy.run` calls, with the XLA-compiled part `--jit_compile` asks for.
+
+        One replica: the whole step. Several (MirroredStrategy): the forward and backward pass
+        only, since the optimizer's and the EMA's updates synchronize the replicas through
+        `merge_call`, which a compiled function cannot hold. A TPU compiles the whole step itself.
+        """
+        if not self.compile_steps:
+            return self.train_step
+        if self.strategy.num_replicas_in_sync == 1:
+            return _xla(self.train_step)
+        forward_backward = _xla(self.forward_backward)
+        return lambda *batch: self.train_step(*batch, forward_backward=forward_backward)
+
+    def _build_train_loop(self):
+        strategy, step_fn = self.strategy, self._replica_train_step()
 
         @tf.function
         def train_loop(iterator, num_steps):
@@ -228,21 +248,14 @@ class Trainer:
         return train_loop
 
     def _build_eval_step(self):
-        model, strategy = self.model, self.strategy
-        k = min(5, self.num_classes)
-
-        def step_fn(images, labels, weights):
-            logits = tf.cast(model(images, training=False), tf.float32)
-            labels = tf.cast(labels, tf.int32)
-            weights = tf.cast(weights, tf.float32)
-            top1 = tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)
-            top5 = tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32)
-            return tf.stack([tf.reduce_sum(top1 * weights), tf.reduce_sum(top5 * weights),
-                             tf.reduce_sum(weights)])
+        strategy = self.strategy
+        compiled = _xla(self.eval_step) if self.compile_steps else self.eval_step
 
         @tf.function
         def eval_step(images, labels, weights):
-            out = strategy.run(step_fn, args=(images, labels, weights))
+            # Called from a plain function: MirroredStrategy would otherwise compile all its
+            # replicas as one program, placed on the first device.
+            out = strategy.run(lambda *batch: compiled(*batch), args=(images, labels, weights))
             return strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
 
         return eval_step
@@ -255,7 +268,7 @@ class Trainer:
         The chief holds `model_dir`'s lock meanwhile: a second training process there refuses.
         """
         if self.total_steps is None:
-            raise ValueError("Pass --train_steps or --train_epochs.")
+            raise ConfigError("RecipeConfig: set train_steps or train_epochs.")
         if not self.is_chief:
             return self._train(evaluate_every_checkpoint, lock=None)
         tf.io.gfile.makedirs(self.model_dir)
@@ -263,7 +276,7 @@ class Trainer:
             return self._train(evaluate_every_checkpoint, lock)
 
     def _train(self, evaluate_every_checkpoint: bool, lock: RunLock | None) -> dict:
-        train = self.experiment.train
+        runtime = self.experiment.runtime
         self.check_resumable()
         step = self.restore_or_initialize()
         self.write_config()
@@ -272,10 +285,15 @@ class Trainer:
         save_dir = (self.model_dir if self.is_chief else os.path.join(
             self.model_dir, f".worker_{self.strategy.cluster_resolver.task_id}"))
         manager = tf.train.CheckpointManager(self.checkpoint, save_dir,
-                                             max_to_keep=train.keep_checkpoint_max)
+                                             max_to_keep=runtime.keep_checkpoint_max)
         if step >= self.total_steps:
             logging.info("Already at step %d >= %d: nothing to train.", step, self.total_steps)
-            return {"step": step}
+            if not evaluate_every_checkpoint:
+                return {"step": step}
+            last_eval = read_json(os.path.join(self.model_dir, run_dir.EVAL_RESULTS_FILE))
+            if last_eval is None or last_eval.get("step") != step:
+                last_eval = self.evaluate_and_record()
+            return {"step": step, **last_eval}
         data = self.experiment.data
         dataset = data_lib.distributed_dataset(
             self.strategy, data, "train", self.global_batch, image_size=self.image_size,
@@ -289,33 +307,37 @@ class Trainer:
         progress = _Progress(self.total_steps, step)
         last_eval = {}
         skipped = 0
-        while step < self.total_steps:
-            next_stop = min(self.total_steps,
-                            (step // train.steps_per_eval + 1) * train.steps_per_eval)
-            while step < next_stop:
-                n = min(train.steps_per_loop, next_stop - step)
-                start = time.time()
-                sums = self._train_loop(iterator, tf.constant(n, tf.int32)).numpy()
-                elapsed = time.time() - start
-                step = self.step
-                skipped += int(sums[3])
-                metrics = {"loss": sums[0] / n, "top_1": sums[1] / max(sums[2], 1.0),
-                           "learning_rate": float(self.lr_schedule(step - 1)),
-                           "images_per_sec": self.global_batch * n / max(elapsed, 1e-9)}
-                with writer.as_default(step=step):
-                    for name, value in metrics.items():
-                        tf.summary.scalar(name, value)
-                progress.update(step, metrics)
-            path = manager.save(checkpoint_number=step)
-            if lock is not None:
-                logging.info("Saved checkpoint %s", path)
-                lock.refresh()
-            else:
-                tf.io.gfile.rmtree(manager.directory)
-            self._report_skipped(writer, step, skipped)
-            skipped = 0
-            if evaluate_every_checkpoint:
-                last_eval = self.evaluate_and_record()
+        with _ProfilerTrace(runtime.profile_range() if self.is_chief else None,
+                            os.path.join(self.model_dir, "train")) as trace:
+            while step < self.total_steps:
+                next_stop = min(self.total_steps,
+                                (step // runtime.steps_per_eval + 1) * runtime.steps_per_eval)
+                while step < next_stop:
+                    trace.before_loop(step)
+                    n = trace.limit(step, min(runtime.steps_per_loop, next_stop - step))
+                    start = time.time()
+                    sums = self._train_loop(iterator, tf.constant(n, tf.int32)).numpy()
+                    elapsed = time.time() - start
+                    step = self.step
+                    trace.after_loop(step)
+                    skipped += int(sums[3])
+                    metrics = {"loss": sums[0] / n, "top_1": sums[1] / max(sums[2], 1.0),
+                               "learning_rate": float(self.lr_schedule(step - 1)),
+                               "images_per_sec": self.global_batch * n / max(elapsed, 1e-9)}
+                    with writer.as_default(step=step):
+                        for name, value in metrics.items():
+                            tf.summary.scalar(name, value)
+                    progress.update(step, metrics)
+                path = manager.save(checkpoint_number=step)
+                if lock is not None:
+                    logging.info("Saved checkpoint %s", path)
+                    lock.refresh()
+                else:
+                    tf.io.gfile.rmtree(manager.directory)
+                self._report_skipped(writer, step, skipped)
+                skipped = 0
+                if evaluate_every_checkpoint:
+                    last_eval = self.evaluate_and_record()
         writer.flush()
         logging.info("Weights fingerprint at step %d: %.10e", step, self.weights_fingerprint())
         return {"step": step, "skipped_examples": self.skipped_examples, **last_eval}
@@ -336,7 +358,7 @@ class Trainer:
         if self._eval_step is None:
             self._eval_step = self._build_eval_step()
         dataset = data_lib.distributed_dataset(
-            self.strategy, self.experiment.data, "eval", self.experiment.train.eval_batch_size,
+            self.strategy, self.experiment.data, "eval", self.experiment.runtime.eval_batch_size,
             image_size=self.image_size, is_training=False)
         totals = tf.zeros([3])
         with self._deployed_weights():
@@ -354,7 +376,7 @@ class Trainer:
         results = self.evaluate()
         if not self.is_chief:
             return results
-        write_json_atomic(os.path.join(self.model_dir, EVAL_RESULTS_FILE), results)
+        write_json_atomic(os.path.join(self.model_dir, run_dir.EVAL_RESULTS_FILE), results)
         writer = self._summary_writer("eval")
         with writer.as_default(step=results["step"]):
             tf.summary.scalar("top_1", results["top_1"])
@@ -362,13 +384,10 @@ class Trainer:
         writer.flush()
         logging.info("Eval at step %d: top_1=%.4f top_5=%.4f over %d examples", results["step"],
                      results["top_1"], results["top_5"], results["num_examples"])
-        best_path = os.path.join(self.model_dir, BEST_RESULTS_FILE)
-        best = None
-        if tf.io.gfile.exists(best_path):
-            with tf.io.gfile.GFile(best_path) as f:
-                best = json.load(f)
+        best_path = os.path.join(self.model_dir, run_dir.BEST_RESULTS_FILE)
+        best = read_json(best_path)
         if best is None or results["top_1"] > best["top_1"]:
-            self.save_weights(os.path.join(self.model_dir, BEST_WEIGHTS_FILE))
+            self.save_weights(os.path.join(self.model_dir, run_dir.BEST_WEIGHTS_FILE))
             write_json_atomic(best_path, results)
         return results
 
@@ -413,15 +432,47 @@ def total_train_steps(train_size: int, global_batch: int, train_steps: int | Non
     return max(1, int(train_epochs * train_size / global_batch))
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """The worker that writes shared outputs (task 'chief', else worker 0, else the only one)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    return (resolver.task_type == "worker" and resolver.task_id == 0
-            and "chief" not in resolver.cluster_spec().as_dict())
+class _ProfilerTrace:
+    """`--profile_steps=START,END`: a TensorBoard profiler trace of exactly those training
+    steps: the host loop ends its multi-step loops at both edges (`limit`), and the trace starts
+    right before the loop that begins with step START and stops right after the one that ends
+    with step END (or at the end of training), leaving checkpoints and evals outside."""
+
+    def __init__(self, steps: tuple[int, int] | None, logdir: str):
+        self.first, self.last = steps or (0, 0)
+        self.logdir = logdir
+        self.active = False
+        self.step = 0  # the last step run
+
+    def limit(self, step: int, num_steps: int) -> int:
+        """`num_steps` from `step`, cut at the trace's next edge."""
+        for edge in (self.first - 1, self.last):
+            if step < edge:
+                num_steps = min(num_steps, edge - step)
+        return num_steps
+
+    def before_loop(self, step: int):
+        if self.first and step == self.first - 1 and not self.active:
+            tf.profiler.experimental.start(self.logdir)
+            self.active = True
+
+    def after_loop(self, step: int):
+        self.step = step
+        if self.active and step >= self.last:
+            self._stop()
+
+    def _stop(self):
+        tf.profiler.experimental.stop()
+        self.active = False
+        logging.info("Wrote a profiler trace of steps %d-%d to %s/plugins/profile", self.first,
+                     self.step, self.logdir)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:  # END past the last step, or an error
+            self._stop()
 
 
 class _Progress:
@@ -442,32 +493,18 @@ class _Progress:
             print(f"step {step}/{self.total} {text}", flush=True)
 
 
-def read_experiment(model_dir: str) -> ExperimentConfig:
-    path = os.path.join(model_dir, CONFIG_FILE)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path} not found: --model_dir must be a training run's "
-                                "directory (main.py --mode=train writes config.json there).")
-    with tf.io.gfile.GFile(path) as f:
-        return ExperimentConfig.from_dict(json.load(f))
+def _xla(fn):
+    """`fn` compiled with XLA, traced once per input signature (the pipelines' shapes are
+    static)."""
+    return tf.function(fn, jit_compile=True)
 
 
-def load_trained_model(model_dir: str, *, checkpoint_path: str | None = None,
-                       classifier_activation="softmax", **build_kwargs) -> keras.Model:
-    """A training run's model with its EMA weights (what eval and the paper report) in place.
-
-    Builds in the current dtype policy from the run's config.json; `build_kwargs` go to
-    `build_model` (e.g. input_shape). The latest checkpoint unless `checkpoint_path` is given.
-    """
-    experiment = read_experiment(model_dir)
-    model = build_model(config=experiment.model, classifier_activation=classifier_activation,
-                        **build_kwargs)
-    decay = experiment.train.moving_average_decay
-    ema = ExponentialMovingAverage(model, decay) if decay > 0 else None
-    objects = {"model": model, **({"ema": ema} if ema is not None else {})}
-    path = checkpoint_path or tf.train.latest_checkpoint(model_dir)
-    if not path:
-        raise FileNotFoundError(f"No checkpoint in {model_dir}.")
-    tf.train.Checkpoint(**objects).restore(path).expect_partial().assert_existing_objects_matched()
-    if ema is not None:
-        ema.copy_to(model)
-    return model
+@contextlib.contextmanager
+def _dtype_policy(policy: str):
+    """Build under `policy` without leaving it as the process's global Keras policy."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

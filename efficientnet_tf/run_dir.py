@@ -1,4 +1,8 @@
-"""A training run's directory: which checkpoint to resume from, and who may write there.
+"""A training run's directory: its files, which checkpoint to resume from, who may write there.
+
+Layout: `config.json` (the `ExperimentConfig`), TF checkpoints `ckpt-N`, `eval_results.json`
+(the latest eval), `best.weights.h5` + `best_eval_results.json` (the best EMA weights so far),
+`train/` and `eval/` TensorBoard logs, and `train.lock` while a trainer writes there.
 
 Resuming must survive a damaged newest checkpoint (a partial copy from a bucket, a full disk):
 every tensor of a checkpoint is read before it is trusted, newest first. Resuming from an older
@@ -21,6 +25,14 @@ import time
 import tensorflow as tf
 from absl import logging
 
+from efficientnet_tf.config import ConfigError
+from efficientnet_tf.experiment import ExperimentConfig
+from efficientnet_tf.files import read_json, write_json_atomic
+
+CONFIG_FILE = "config.json"
+EVAL_RESULTS_FILE = "eval_results.json"
+BEST_WEIGHTS_FILE = "best.weights.h5"
+BEST_RESULTS_FILE = "best_eval_results.json"
 LOCK_FILE = "train.lock"
 STALE_AFTER_S = 3600.0
 UNREADABLE_SUFFIX = ".unreadable"
@@ -76,7 +88,7 @@ def newest_readable_checkpoint(model_dir: str, set_aside: bool = True) -> str | 
             return path
         failures.append((path, reason))
     if failures:
-        raise RuntimeError(f"No readable checkpoint in --model_dir={model_dir}: "
+        raise ConfigError(f"No readable checkpoint in --model_dir={model_dir}: "
                            + "; ".join(f"{p} ({why})" for p, why in failures)
                            + ". Nothing was changed there: restore a good copy, or use a new "
                            "--model_dir to start from scratch.")
@@ -92,9 +104,8 @@ class RunLock:
 
     def _holder(self) -> dict | None:
         try:
-            with tf.io.gfile.GFile(self.path) as f:
-                return json.load(f)
-        except (tf.errors.NotFoundError, json.JSONDecodeError):
+            return read_json(self.path)
+        except json.JSONDecodeError:
             return None
 
     def _alive(self, holder: dict) -> bool:
@@ -121,7 +132,7 @@ class RunLock:
     def acquire(self):
         holder = self._holder()
         if holder is not None and self._alive(holder):
-            raise RuntimeError(
+            raise ConfigError(
                 f"{self.path}: another training process (host {holder.get('host')}, pid "
                 f"{holder.get('pid')}) is writing to this --model_dir. Wait for it to finish, "
                 f"stop it, or use another --model_dir.")
@@ -131,16 +142,13 @@ class RunLock:
         try:
             self._write()
         except FileExistsError:
-            raise RuntimeError(f"{self.path}: another training process took this --model_dir "
+            raise ConfigError(f"{self.path}: another training process took this --model_dir "
                                "at the same moment.") from None
         return self
 
     def refresh(self):
         """Called at every checkpoint: a lock on another host goes stale when this stops."""
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(json.dumps({**self.owner, "refreshed": time.time()}))
-        tf.io.gfile.rename(tmp, self.path, overwrite=True)
+        write_json_atomic(self.path, {**self.owner, "refreshed": time.time()})
 
     def release(self):
         holder = self._holder()
@@ -152,3 +160,53 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def read_experiment(model_dir: str, *, required: bool = True) -> ExperimentConfig | None:
+    """The run's config.json (None when absent and not `required`)."""
+    path = os.path.join(model_dir, CONFIG_FILE)
+    saved = read_json(path)
+    if saved is None:
+        if not required:
+            return None
+        raise FileNotFoundError(f"{path} not found: the model directory must be a training "
+                                "run's (--mode=train writes config.json there).")
+    try:
+        return ExperimentConfig.from_dict(saved)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def require_same_model(model_dir: str, experiment: ExperimentConfig, action: str) -> None:
+    """Checkpoints of one network are never mixed with another's (`ModelConfig.architecture`)."""
+    saved = read_experiment(model_dir, required=False)
+    if saved is not None and saved.model.architecture() != experiment.model.architecture():
+        raise ConfigError(
+            f"{os.path.join(model_dir, CONFIG_FILE)} describes a different model than this "
+            f"run's; checkpoints in {model_dir} cannot be {action} with it. Use a new model "
+            "directory or the same model settings.")
+
+
+def load_trained_model(model_dir: str, *, checkpoint_path: str | None = None,
+                       classifier_activation="softmax", **build_kwargs):
+    """A training run's model with its EMA weights (what eval and the paper report) in place.
+
+    Builds in the current dtype policy from the run's config.json; `build_kwargs` go to
+    `build_model` (e.g. input_shape). The latest checkpoint unless `checkpoint_path` is given.
+    """
+    from efficientnet_tf.model import build_model
+    from efficientnet_tf.training.ema import ExponentialMovingAverage
+
+    experiment = read_experiment(model_dir)
+    model = build_model(config=experiment.model, classifier_activation=classifier_activation,
+                        **build_kwargs)
+    decay = experiment.recipe.moving_average_decay
+    ema = ExponentialMovingAverage(model, decay) if decay > 0 else None
+    objects = {"model": model, **({"ema": ema} if ema is not None else {})}
+    path = checkpoint_path or tf.train.latest_checkpoint(model_dir)
+    if not path:
+        raise FileNotFoundError(f"No checkpoint in {model_dir}.")
+    tf.train.Checkpoint(**objects).restore(path).expect_partial().assert_existing_objects_matched()
+    if ema is not None:
+        ema.copy_to(model)
+    return model
