@@ -92,3 +92,19 @@ def test_console_script_runs_outside_the_checkout(tmp_path):
     proc = subprocess.run(["efficientnet-tf", "--help"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: efficientnet-tf")
+
+
+def test_config_json_before_the_recipe_runtime_split_still_reads():
+    from efficientnet_tf.config import ConfigError, RecipeConfig, RuntimeConfig
+    from efficientnet_tf.experiment import ExperimentConfig
+
+    legacy = {"model": {"name": "efficientnet-b0"}, "data": {"dataset": "synthetic"},
+              "train": {"model_dir": "/runs/b0", "train_batch_size": 64, "eval_batch_size": 32,
+                        "moving_average_decay": 0.0, "mixed_precision": "float32"}}
+    experiment = ExperimentConfig.from_dict(legacy)
+    assert experiment.recipe == RecipeConfig(train_batch_size=64, moving_average_decay=0.0)
+    assert experiment.runtime == RuntimeConfig(model_dir="/runs/b0", eval_batch_size=32,
+                                               mixed_precision="float32")
+    assert ExperimentConfig.from_dict(experiment.to_dict()) == experiment
+    with pytest.raises(ConfigError, match="Unknown train keys in config.json: \\['lr'\\]"):
+        ExperimentConfig.from_dict({**legacy, "train": {"lr": 1.0}})
