@@ -22,9 +22,23 @@ B0_BLOCKS = (
 )
 # Lite drops squeeze-and-excitation (mobile accelerators handle it poorly).
 LITE_BLOCKS = tuple(b.replace("_se0.25", "") for b in B0_BLOCKS)
+# EfficientNet-EdgeTPU (the reference's edgetpu builder): `_c1` stages replace expand + depthwise
+# with one 3x3 expansion conv (faster on the Edge TPU), no SE, ReLU.
+EDGETPU_BLOCKS = (
+    "r1_k3_s11_e4_i24_o24_c1_noskip",
+    "r2_k3_s22_e8_i24_o32_c1",
+    "r4_k3_s22_e8_i32_o48_c1",
+    "r5_k5_s22_e8_i48_o96",
+    "r4_k5_s11_e8_i96_o144",
+    "r2_k5_s22_e8_i144_o192",
+)
+# EfficientNet-CondConv (the reference's condconv builder): B0 whose last three stages (`_cc`)
+# use per-example mixtures of expert kernels.
+CONDCONV_BLOCKS = B0_BLOCKS[:4] + tuple(b + "_cc" for b in B0_BLOCKS[4:])
 
 IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# Lite, EdgeTPU and CondConv: (x - 127) / 128.
 LITE_MEAN_RGB = (127.0, 127.0, 127.0)
 LITE_STDDEV_RGB = (128.0, 128.0, 128.0)
 # AdvProp checkpoints were trained on x * 2/255 - 1, i.e. (x - 127.5) / 127.5: inputs in [-1, 1].
@@ -48,6 +62,18 @@ SCALING_TABLE = {
     "efficientnet-lite2": (1.1, 1.2, 260, 0.3),
     "efficientnet-lite3": (1.2, 1.4, 280, 0.3),
     "efficientnet-lite4": (1.4, 1.8, 300, 0.3),
+    "efficientnet-edgetpu-S": (1.0, 1.0, 224, 0.2),
+    "efficientnet-edgetpu-M": (1.0, 1.1, 240, 0.2),
+    "efficientnet-edgetpu-L": (1.2, 1.4, 300, 0.3),
+    "efficientnet-condconv-b0-4e": (1.0, 1.0, 224, 0.25),
+    "efficientnet-condconv-b0-8e": (1.0, 1.0, 224, 0.25),
+    "efficientnet-condconv-b0-8e-depth": (1.0, 1.1, 224, 0.25),
+}
+# Experts per CondConv layer of the condconv models.
+CONDCONV_EXPERTS = {
+    "efficientnet-condconv-b0-4e": 4,
+    "efficientnet-condconv-b0-8e": 8,
+    "efficientnet-condconv-b0-8e-depth": 8,
 }
 MODEL_NAMES = tuple(SCALING_TABLE)
 
@@ -55,8 +81,8 @@ MODEL_NAMES = tuple(SCALING_TABLE)
 ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
 BASE_RESOLUTION = 224
 
-_BLOCK_RE = re.compile(r"^r(\d+)_k(\d+)_s(\d)(\d)_e(\d+(?:\.\d+)?)_i(\d+)_o(\d+)"
-                       r"(?:_se(\d+(?:\.\d+)?))?(_noskip)?$")
+_BLOCK_RE = re.compile(r"^r(\d+)_k(\d+)_s(\d)(\d)_e(\d+(?:\.\d+)?)_i(\d+)_o(\d+)(?:_c(\d))?"
+                       r"(?:_se(\d+(?:\.\d+)?))?(_noskip)?(_cc)?$")
 
 
 class ConfigError(ValueError):
@@ -120,24 +146,36 @@ class BlockArgs:
     output_filters: int
     se_ratio: float = 0.0
     id_skip: bool = True
+    conv_type: int = 0  # 1: the reference's block without depthwise conv (`_c1`, EdgeTPU)
+    condconv: bool = False  # `_cc`: CondConv expand, depthwise and project convs
 
 
 def decode_block_string(block_string: str) -> BlockArgs:
     m = _BLOCK_RE.match(block_string)
     if not m:
         raise ConfigError(
-            f"Invalid block string {block_string!r}: expected 'rR_kK_sSS_eE_iI_oO[_seX][_noskip]', "
-            "e.g. 'r1_k3_s11_e1_i32_o16_se0.25'.")
-    r, k, s1, s2, e, i, o, se, noskip = m.groups()
+            f"Invalid block string {block_string!r}: expected "
+            "'rR_kK_sSS_eE_iI_oO[_c1][_seX][_noskip][_cc]', e.g. 'r1_k3_s11_e1_i32_o16_se0.25'.")
+    r, k, s1, s2, e, i, o, conv_type, se, noskip, cc = m.groups()
+
+    def invalid(why):
+        return ConfigError(f"Invalid block string {block_string!r}: {why}.")
+
     if s1 != s2:
-        raise ConfigError(f"Invalid block string {block_string!r}: "
-                          "only square strides are supported.")
+        raise invalid("only square strides are supported")
+    conv_type = int(conv_type or 0)
+    if conv_type not in (0, 1):
+        raise invalid("conv type must be c0 (MBConv) or c1 (3x3 expansion conv, no depthwise)")
     expand = float(e)
+    if conv_type == 1 and (int(k) != 3 or se or cc or expand == 1):
+        # The reference's c1 block hard-codes a 3x3 kernel and has no SE, CondConv or e1 form.
+        raise invalid("a c1 block needs k3, an expand ratio != 1, and no SE or CondConv")
     return BlockArgs(
         num_repeat=int(r), kernel_size=int(k), strides=int(s1),
         expand_ratio=int(expand) if expand.is_integer() else expand,
         input_filters=int(i), output_filters=int(o),
-        se_ratio=float(se) if se else 0.0, id_skip=not noskip)
+        se_ratio=float(se) if se else 0.0, id_skip=not noskip, conv_type=conv_type,
+        condconv=bool(cc))
 
 
 def encode_block_string(args: BlockArgs) -> str:
@@ -145,10 +183,14 @@ def encode_block_string(args: BlockArgs) -> str:
     e = int(e) if float(e).is_integer() else e
     s = (f"r{args.num_repeat}_k{args.kernel_size}_s{args.strides}{args.strides}_e{e}"
          f"_i{args.input_filters}_o{args.output_filters}")
+    if args.conv_type:
+        s += f"_c{args.conv_type}"
     if args.se_ratio:
         s += f"_se{args.se_ratio:g}"
     if not args.id_skip:
         s += "_noskip"
+    if args.condconv:
+        s += "_cc"
     return s
 
 
@@ -201,6 +243,8 @@ class ModelConfig(ConfigMixin):
     stddev_rgb: tuple = IMAGENET_STDDEV_RGB
     advprop_preprocessing: bool = False
     bn_group_size: int | None = None
+    condconv_num_experts: int | None = None
+    label_offset: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "blocks", tuple(self.blocks))
@@ -227,8 +271,14 @@ class ModelConfig(ConfigMixin):
               "bn_group_size", "must be None (the reference's rule), 0 (all replicas) or a "
               "group size >= 1")
         check(len(self.blocks) > 0, "blocks", "needs at least one stage")
-        for b in self.blocks:
-            decode_block_string(b)
+        condconv = any(decode_block_string(b).condconv for b in self.blocks)
+        check(self.condconv_num_experts is None if not condconv
+              else isinstance(self.condconv_num_experts, int) and self.condconv_num_experts >= 1,
+              "condconv_num_experts", "must be an integer >= 1 when a block string has '_cc', "
+              "None otherwise")
+        check(isinstance(self.label_offset, int) and 0 <= self.label_offset < self.num_classes,
+              "label_offset", "must be an integer in [0, num_classes): the classifier's index of "
+              "dataset label 0 (1 for a background class 0)")
 
     @property
     def block_args(self) -> tuple[BlockArgs, ...]:
@@ -239,6 +289,13 @@ class ModelConfig(ConfigMixin):
         if self.advprop_preprocessing:
             return ADVPROP_MEAN_RGB, ADVPROP_STDDEV_RGB
         return self.mean_rgb, self.stddev_rgb
+
+    def with_classes(self, num_classes: int) -> "ModelConfig":
+        """This network with a `num_classes` head: another width is another label set, so its
+        labels start at 0 (the background class of a 1001-class head stays with that head)."""
+        if num_classes == self.num_classes:
+            return self
+        return self.replace(num_classes=num_classes, label_offset=0)
 
     def backbone(self) -> dict:
         """What the backbone's variables depend on: equal for two configs when a checkpoint of
@@ -256,7 +313,8 @@ class ModelConfig(ConfigMixin):
 ACTIVATIONS = ("swish", "relu6", "relu", "gelu")
 # ModelConfig fields that decide the backbone's graph and so its variables.
 BACKBONE_FIELDS = ("width_coefficient", "depth_coefficient", "blocks", "stem_filters",
-                   "head_filters", "fix_head_stem", "depth_divisor", "min_depth", "activation")
+                   "head_filters", "fix_head_stem", "depth_divisor", "min_depth", "activation",
+                   "condconv_num_experts")
 # ModelConfig fields that change training, not the network: fine-tuning with another dropout
 # continues the same model.
 TRAINING_ONLY_FIELDS = ("dropout_rate", "survival_prob", "bn_group_size", "bn_momentum")
@@ -272,7 +330,17 @@ def get_model_config(name: str, **overrides) -> ModelConfig:
     if "-lite" in name:
         base.update(blocks=LITE_BLOCKS, activation="relu6", fix_head_stem=True,
                     mean_rgb=LITE_MEAN_RGB, stddev_rgb=LITE_STDDEV_RGB)
-    return ModelConfig(**base).replace(**overrides)
+    elif "-edgetpu-" in name:
+        # The reference's EdgeTPU checkpoints classify 1001 classes, background first.
+        base.update(blocks=EDGETPU_BLOCKS, activation="relu", num_classes=1001, label_offset=1,
+                    mean_rgb=LITE_MEAN_RGB, stddev_rgb=LITE_STDDEV_RGB)
+    elif "-condconv-" in name:
+        base.update(blocks=CONDCONV_BLOCKS, condconv_num_experts=CONDCONV_EXPERTS[name],
+                    mean_rgb=LITE_MEAN_RGB, stddev_rgb=LITE_STDDEV_RGB)
+    config = ModelConfig(**base)
+    if "num_classes" in overrides and "label_offset" not in overrides:
+        config = config.with_classes(overrides.pop("num_classes"))
+    return config.replace(**overrides)
 
 
 def dropout_for_phi(phi: float) -> float:
@@ -296,15 +364,19 @@ def config_for_phi(phi: float, alpha: float = ALPHA, beta: float = BETA, gamma: 
 
 
 def stage_table(config: ModelConfig) -> list[BlockArgs]:
-    """The scaled stages (filters and repeats after rounding), as the builder lays them out."""
+    """The scaled stages (filters and repeats after rounding), as the builder lays them out.
+
+    input_filters is the block string's, scaled, as the reference's builder keeps it: it sets
+    the expansion and SE widths of the stage's first block. The block's actual input (the stem
+    for stage 0) can differ: Lite fixes its stem at 32, EdgeTPU declares 24 after a 32 stem.
+    """
     stages = []
     n = len(config.block_args)
     for idx, args in enumerate(config.block_args):
         fixed = config.fix_head_stem and idx in (0, n - 1)
         stages.append(dataclasses.replace(
             args,
-            input_filters=(stem_filters(config) if idx == 0
-                           else scaled_filters(config, args.input_filters)),
+            input_filters=scaled_filters(config, args.input_filters),
             output_filters=scaled_filters(config, args.output_filters),
             num_repeat=args.num_repeat if fixed else round_repeats(args.num_repeat,
                                                                    config.depth_coefficient)))

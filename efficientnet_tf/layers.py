@@ -116,7 +116,7 @@ def batch_norm(name, momentum, epsilon, group_size=None, dtype=None):
                                    dtype=dtype, name=name)
 
 
-def conv_bn(x, conv, bn, training):
+def conv_bn(x, conv, bn, training, routing=None):
     """conv then BN; where BN uses its moving statistics, folded into one multiply-add.
 
     Keras runs inference BN as separate multiply and add passes over the activation. Folded, the
@@ -124,12 +124,17 @@ def conv_bn(x, conv, bn, training):
     smaller than the output (early, high-resolution layers, large batches), onto the output
     otherwise (late layers at batch 1, where rescaling a 1152x320 kernel per call costs more than
     the 8x8 output). Same weights, same gradients: only the order of the arithmetic changes.
+    CondConv layers (`routing` given) mix their kernels per example: the scale goes on the output.
     """
+    if routing is not None:
+        y = conv(x, routing)
+        if training and bn.trainable:
+            return bn(y, training=training)
+        scale, offset = _bn_scale_offset(bn)
+        return y * ops.cast(scale, y.dtype) + ops.cast(offset, y.dtype)
     if training and bn.trainable:
         return bn(conv(x), training=training)
-    scale = ops.cast(bn.gamma, "float32") * ops.rsqrt(
-        ops.cast(bn.moving_variance, "float32") + bn.epsilon)
-    offset = ops.cast(bn.beta, "float32") - ops.cast(bn.moving_mean, "float32") * scale
+    scale, offset = _bn_scale_offset(bn)
     depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
     output_shape = conv.compute_output_shape(x.shape)
     kernel = ops.cast(conv.kernel, "float32")
@@ -141,10 +146,104 @@ def conv_bn(x, conv, bn, training):
     return y + ops.cast(offset, y.dtype)
 
 
+def _bn_scale_offset(bn):
+    scale = ops.cast(bn.gamma, "float32") * ops.rsqrt(
+        ops.cast(bn.moving_variance, "float32") + bn.epsilon)
+    return scale, ops.cast(bn.beta, "float32") - ops.cast(bn.moving_mean, "float32") * scale
+
+
 def _conv(conv, x, kernel, depthwise):
     if depthwise:
         return ops.depthwise_conv(x, kernel, strides=conv.strides, padding=conv.padding)
     return ops.conv(x, kernel, strides=conv.strides, padding=conv.padding)
+
+
+def condconv_initializer(expert_shape):
+    """The reference's CondConv init: each expert drawn as a plain conv kernel of `expert_shape`
+    (normal, std sqrt(2 / fan_out)), flattened into one row of the [num_experts, params] table."""
+    base = keras.initializers.get(CONV_KERNEL_INITIALIZER)
+
+    def initialize(shape, dtype=None):
+        return ops.stack([ops.reshape(base(expert_shape, dtype=dtype), (-1,))
+                          for _ in range(shape[0])])
+    return initialize
+
+
+def mix_experts(x, routing, experts, expert_shape, strides, depthwise):
+    """The CondConv convolution: each example convolved with sum_e routing[b, e] * expert_e.
+
+    `experts` is the reference's [num_experts, prod(expert_shape)] table (HWIO, or [k, k, C, 1]
+    for depthwise), row-major. As the reference, the kernels are mixed per example first (one
+    matmul), then applied with the cost of one plain conv and no per-example loop: a 1x1 conv as
+    a batched matmul; a depthwise conv with the batch folded into the channels (each example's
+    channels then have their own filters). A kxk conv (no published model has one) applies every
+    expert and mixes the outputs: the same sum, since the conv is linear in its kernel.
+    """
+    kh, kw, cin, cout = expert_shape
+    num_experts = experts.shape[0]
+    if depthwise:
+        kernels = ops.reshape(ops.matmul(routing, experts), (-1, kh, kw, cin))
+        kernels = ops.reshape(ops.transpose(kernels, (1, 2, 0, 3)), (kh, kw, -1, 1))
+        height, width = x.shape[1], x.shape[2]
+        folded = ops.reshape(ops.transpose(x, (1, 2, 0, 3)), (1, height, width, -1))
+        y = ops.depthwise_conv(folded, kernels, strides=strides, padding="same")
+        y = ops.reshape(y, (y.shape[1], y.shape[2], -1, cin))
+        return ops.transpose(y, (2, 0, 1, 3))
+    if (kh, kw, strides) == (1, 1, 1):
+        kernels = ops.reshape(ops.matmul(routing, experts), (-1, cin, cout))
+        return ops.einsum("bhwi,bio->bhwo", x, kernels)
+    kernel = ops.reshape(ops.transpose(ops.reshape(experts, (num_experts, kh, kw, cin, cout)),
+                                       (1, 2, 3, 0, 4)), (kh, kw, cin, num_experts * cout))
+    y = ops.conv(x, kernel, strides=strides, padding="same")
+    y = ops.reshape(y, (-1, y.shape[1], y.shape[2], num_experts, cout))
+    return ops.einsum("bhwec,be->bhwc", y, routing)
+
+
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class CondConv2D(keras.layers.Layer):
+    """Conditionally parameterized convolution (CondConv, Yang et al. 2019) without bias:
+    `num_experts` kernels, mixed per example by the routing weights passed to `call`.
+
+    Kernel layout as the reference's CondConv2D / DepthwiseCondConv2D (`condconv_kernel`
+    [num_experts, k*k*Cin*Cout], depthwise [num_experts, k*k*C]), so checkpoints map 1:1.
+    """
+
+    def __init__(self, filters: int | None, kernel_size: int, num_experts: int, strides: int = 1,
+                 depthwise: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if num_experts < 1:
+            raise ValueError(f"{self.name}: num_experts={num_experts}, need at least one.")
+        if depthwise == (filters is not None):
+            raise ValueError(f"{self.name}: pass filters for a conv, None for a depthwise conv.")
+        self.filters = filters
+        self.kernel_size = int(kernel_size)
+        self.num_experts = int(num_experts)
+        self.strides = int(strides)
+        self.depthwise = bool(depthwise)
+
+    def build(self, input_shape):
+        cin = int(input_shape[-1])
+        k = self.kernel_size
+        self.expert_shape = (k, k, cin, 1 if self.depthwise else self.filters)
+        size = k * k * cin * self.expert_shape[-1]
+        self.kernel = self.add_weight(
+            name="depthwise_condconv_kernel" if self.depthwise else "condconv_kernel",
+            shape=(self.num_experts, size), initializer=condconv_initializer(self.expert_shape))
+
+    def call(self, inputs, routing):
+        return mix_experts(inputs, ops.cast(routing, inputs.dtype),
+                           ops.cast(self.kernel, inputs.dtype), self.expert_shape, self.strides,
+                           self.depthwise)
+
+    def compute_output_shape(self, input_shape, routing_shape=None):
+        size = [None if d is None else -(-d // self.strides) for d in input_shape[1:3]]
+        channels = input_shape[-1] if self.depthwise else self.filters
+        return (input_shape[0], *size, channels)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": self.kernel_size, "num_experts": self.num_experts,
+                "strides": self.strides, "depthwise": self.depthwise}
 
 
 @keras.saving.register_keras_serializable(package="efficientnet_tf")
@@ -290,14 +389,22 @@ class MBConvBlock(keras.layers.Layer):
     project -> skip.
 
     Sub-layer names follow keras.applications (`<block>_expand_conv` there is
-    `<block>/expand_conv` here) so weights map one to one.
+    `<block>/expand_conv` here) so weights map one to one. Two variants of the reference:
+    conv_type=1 (EdgeTPU's `_c1`) replaces expand + depthwise by one 3x3 expansion conv;
+    num_experts (CondConv's `_cc`) makes expand, depthwise and project CondConv layers, mixed
+    by a per-example `routing` (sigmoid of a dense layer on the pooled block input).
+    expanded_filters / se_filters: widths the reference derives from the block string's input
+    filters, which can differ from the actual input (EdgeTPU's first block: 24 declared, 32 in);
+    None derives them from input_filters.
     """
 
     def __init__(self, input_filters: int, output_filters: int, kernel_size: int = 3,
                  strides: int = 1, expand_ratio: float = 1, se_ratio: float = 0.0,
                  id_skip: bool = True, drop_rate: float = 0.0, activation: str = "swish",
                  bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
-                 bn_group_size: int | None = None, **kwargs):
+                 bn_group_size: int | None = None, expanded_filters: int | None = None,
+                 se_filters: int | None = None, conv_type: int = 0,
+                 num_experts: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.input_filters = int(input_filters)
         self.output_filters = int(output_filters)
@@ -311,35 +418,62 @@ class MBConvBlock(keras.layers.Layer):
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.bn_group_size = bn_group_size
+        self.conv_type = int(conv_type)
+        self.num_experts = num_experts
+        if self.conv_type not in (0, 1):
+            raise ValueError(f"{self.name}: conv_type={conv_type}, expected 0 or 1.")
+        if self.conv_type == 1 and (expand_ratio == 1 or num_experts or self.se_ratio):
+            raise ValueError(f"{self.name}: a conv_type=1 block needs expand_ratio != 1 and no "
+                             "SE or CondConv (as the reference's).")
 
         act = get_activation(activation)
         policy = self.dtype_policy
-        expanded = int(self.input_filters * expand_ratio)
+        expanded = (self.input_filters if expand_ratio == 1
+                    else int(expanded_filters or self.input_filters * expand_ratio))
         self.expanded_filters = expanded
+        self._expanded_arg = expanded_filters
+        self._se_arg = se_filters
 
         def bn(name):
             return batch_norm(name, bn_momentum, bn_epsilon, bn_group_size, policy)
 
-        if expand_ratio != 1:
-            self.expand_conv = keras.layers.Conv2D(
-                expanded, 1, padding="same", use_bias=False,
-                kernel_initializer=CONV_KERNEL_INITIALIZER, dtype=policy, name="expand_conv")
+        def conv(filters, kernel_size, name, strides=1):
+            if num_experts:
+                return CondConv2D(filters, kernel_size, num_experts, strides=strides,
+                                  dtype=policy, name=name)
+            return keras.layers.Conv2D(
+                filters, kernel_size, strides=strides, padding="same", use_bias=False,
+                kernel_initializer=CONV_KERNEL_INITIALIZER, dtype=policy, name=name)
+
+        self.routing = (keras.layers.Dense(num_experts, activation="sigmoid", dtype=policy,
+                                           name="routing") if num_experts else None)
+        if self.conv_type == 1:
+            self.expand_conv = conv(expanded, 3, "expand_conv", strides=self.strides)
+            self.expand_bn = bn("expand_bn")
+        elif expand_ratio != 1:
+            self.expand_conv = conv(expanded, 1, "expand_conv")
             self.expand_bn = bn("expand_bn")
         else:
             self.expand_conv = self.expand_bn = None
-        self.dwconv = keras.layers.DepthwiseConv2D(
-            self.kernel_size, strides=self.strides, padding="same", use_bias=False,
-            depthwise_initializer=CONV_KERNEL_INITIALIZER, dtype=policy, name="dwconv")
-        self.bn = bn("bn")
+        if self.conv_type == 1:
+            self.dwconv = self.bn = None
+        elif num_experts:
+            self.dwconv = CondConv2D(None, self.kernel_size, num_experts, strides=self.strides,
+                                     depthwise=True, dtype=policy, name="dwconv")
+            self.bn = bn("bn")
+        else:
+            self.dwconv = keras.layers.DepthwiseConv2D(
+                self.kernel_size, strides=self.strides, padding="same", use_bias=False,
+                depthwise_initializer=CONV_KERNEL_INITIALIZER, dtype=policy, name="dwconv")
+            self.bn = bn("bn")
         self.act = act
         if 0.0 < self.se_ratio <= 1.0:
-            self.se = SqueezeExcite(expanded, max(1, int(self.input_filters * self.se_ratio)),
-                                    activation=activation, dtype=policy, name="se")
+            reduced = se_filters or max(1, int(self.input_filters * self.se_ratio))
+            self.se = SqueezeExcite(expanded, reduced, activation=activation, dtype=policy,
+                                    name="se")
         else:
             self.se = None
-        self.project_conv = keras.layers.Conv2D(
-            self.output_filters, 1, padding="same", use_bias=False,
-            kernel_initializer=CONV_KERNEL_INITIALIZER, dtype=policy, name="project_conv")
+        self.project_conv = conv(self.output_filters, 1, "project_conv")
         self.project_bn = bn("project_bn")
         self.has_skip = (self.id_skip and self.strides == 1
                          and self.input_filters == self.output_filters)
@@ -351,13 +485,16 @@ class MBConvBlock(keras.layers.Layer):
             raise ValueError(f"{self.name}: expected {self.input_filters} input channels, "
                              f"got input shape {tuple(input_shape)}")
         shape = tuple(input_shape)
+        if self.routing is not None:
+            self.routing.build((shape[0], self.input_filters))
         if self.expand_conv is not None:
             self.expand_conv.build(shape)
-            shape = shape[:-1] + (self.expanded_filters,)
+            shape = tuple(self.expand_conv.compute_output_shape(shape))
             self.expand_bn.build(shape)
-        self.dwconv.build(shape)
-        shape = tuple(self.dwconv.compute_output_shape(shape))
-        self.bn.build(shape)
+        if self.dwconv is not None:
+            self.dwconv.build(shape)
+            shape = tuple(self.dwconv.compute_output_shape(shape))
+            self.bn.build(shape)
         if self.se is not None:
             self.se.build(shape)
         self.project_conv.build(shape)
@@ -365,13 +502,16 @@ class MBConvBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
+        routing = (self.routing(ops.mean(inputs, axis=(1, 2)))
+                   if self.routing is not None else None)
         x = inputs
         if self.expand_conv is not None:
-            x = self.act(conv_bn(x, self.expand_conv, self.expand_bn, training))
-        x = self.act(conv_bn(x, self.dwconv, self.bn, training))
+            x = self.act(conv_bn(x, self.expand_conv, self.expand_bn, training, routing))
+        if self.dwconv is not None:
+            x = self.act(conv_bn(x, self.dwconv, self.bn, training, routing))
         if self.se is not None:
             x = self.se(x)
-        x = conv_bn(x, self.project_conv, self.project_bn, training)
+        x = conv_bn(x, self.project_conv, self.project_bn, training, routing)
         if self.has_skip:
             if self.drop is not None:
                 x = self.drop(x, training=training)
@@ -379,8 +519,8 @@ class MBConvBlock(keras.layers.Layer):
         return x
 
     def compute_output_shape(self, input_shape):
-        shape = self.dwconv.compute_output_shape(tuple(input_shape)[:-1] + (self.expanded_filters,))
-        return tuple(shape)[:-1] + (self.output_filters,)
+        size = [None if d is None else -(-d // self.strides) for d in tuple(input_shape)[1:3]]
+        return (input_shape[0], *size, self.output_filters)
 
     def get_config(self):
         return {
@@ -390,5 +530,7 @@ class MBConvBlock(keras.layers.Layer):
             "expand_ratio": self.expand_ratio, "se_ratio": self.se_ratio,
             "id_skip": self.id_skip, "drop_rate": self.drop_rate, "activation": self.activation,
             "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
-            "bn_group_size": self.bn_group_size,
+            "bn_group_size": self.bn_group_size, "expanded_filters": self._expanded_arg,
+            "se_filters": self._se_arg, "conv_type": self.conv_type,
+            "num_experts": self.num_experts,
         }

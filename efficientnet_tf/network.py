@@ -51,6 +51,8 @@ def resolve_config(phi=None, model_name=None, config=None, **overrides) -> cfg.M
     if sum(given) > 1:
         raise ValueError("Pass only one of phi, model_name or config.")
     if config is not None:
+        if "num_classes" in overrides and "label_offset" not in overrides:
+            config = config.with_classes(overrides.pop("num_classes"))
         return config.replace(**overrides) if overrides else config
     if phi is not None:
         return cfg.config_for_phi(phi, **overrides)
@@ -88,13 +90,24 @@ def _backbone(config: cfg.ModelConfig, inputs):
             if strides > 1:
                 endpoints[f"reduction_{reduction}"] = x
                 reduction += 1
+            actual = int(x.shape[-1])
+            # Expansion and SE widths follow the block string's input filters, as in the
+            # reference; they differ from the actual input only where the stem does.
+            declared = stage.input_filters if j == 0 else stage.output_filters
+            expanded = int(declared * stage.expand_ratio)
+            reduced = max(1, int(declared * stage.se_ratio))
             x = MBConvBlock(
-                input_filters=stage.input_filters if j == 0 else stage.output_filters,
-                output_filters=stage.output_filters, kernel_size=stage.kernel_size,
-                strides=strides, expand_ratio=stage.expand_ratio, se_ratio=stage.se_ratio,
-                id_skip=stage.id_skip, drop_rate=drop_connect_rate * block_index / total_blocks,
+                input_filters=actual, output_filters=stage.output_filters,
+                kernel_size=stage.kernel_size, strides=strides, expand_ratio=stage.expand_ratio,
+                se_ratio=stage.se_ratio, id_skip=stage.id_skip,
+                drop_rate=drop_connect_rate * block_index / total_blocks,
                 activation=config.activation, bn_momentum=config.bn_momentum,
                 bn_epsilon=config.bn_epsilon, bn_group_size=config.bn_group_size,
+                expanded_filters=(None if stage.expand_ratio == 1
+                                  or expanded == int(actual * stage.expand_ratio) else expanded),
+                se_filters=None if reduced == max(1, int(actual * stage.se_ratio)) else reduced,
+                conv_type=stage.conv_type,
+                num_experts=config.condconv_num_experts if stage.condconv else None,
                 name=block_name(stage_idx, j))(x)
             block_index += 1
     endpoints[f"reduction_{reduction}"] = x

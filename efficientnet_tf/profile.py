@@ -7,7 +7,10 @@ counted per image (batch 1) from the ops of the traced inference graph:
   stem, every expand/project 1x1 conv and the head conv.
 - DepthwiseConv2dNative: H_out * W_out * C_in * multiplier * kh * kw.
 - MatMul / BatchMatMul: batch * m * k * n: the classifier and the two 1x1 convs of each
-  squeeze-and-excitation, which run as matmuls on the pooled vector (well under 1% in all).
+  squeeze-and-excitation, which run as matmuls on the pooled vector (well under 1% in all), and
+  CondConv's per-example mix of its experts (routing @ experts).
+- Einsum (two operands): the product of every index's size: CondConv's 1x1 convs, which apply a
+  per-example kernel.
 
 Everything else is deliberately not counted, as in the paper: elementwise arithmetic (BatchNorm in
 inference form, input normalization, activations, SE's sigmoid and gating multiply, residual adds),
@@ -24,7 +27,7 @@ import tensorflow as tf
 from efficientnet_tf import config as cfg
 
 _CONV_OPS = {"Conv2D", "DepthwiseConv2dNative"}
-_MATMUL_OPS = {"MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3"}
+_MATMUL_OPS = {"MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum"}
 _CALL_OPS = {"PartitionedCall", "StatefulPartitionedCall"}
 _UNCOUNTED_OPS = frozenset({
     # Graph bookkeeping.
@@ -69,6 +72,15 @@ def _op_macs(op) -> int:
         n, h, w = (out[0], out[1], out[2]) if nhwc else (out[0], out[2], out[3])
         # Conv2D's filter is [kh, kw, C_in/groups, C_out]; depthwise's [kh, kw, C_in, multiplier].
         return n * h * w * kh * kw * c_in * mult
+    if op.type == "Einsum":
+        inputs, _ = op.get_attr("equation").decode().split("->")
+        sizes = {}
+        for spec, tensor in zip(inputs.split(","), op.inputs):
+            if "." in spec or len(op.inputs) != 2:
+                raise ValueError(f"Cannot count FLOPs of einsum {op.name!r}: only two operands "
+                                 "without ellipsis.")
+            sizes.update(zip(spec, _dims(tensor, op)))
+        return math.prod(sizes.values())  # one multiply-add per combination of all indices
     # Every output element is a dot product over the contracted dimension k.
     a = _dims(op.inputs[0], op)
     if op.type == "MatMul":

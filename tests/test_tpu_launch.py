@@ -214,21 +214,26 @@ def estimated_activation_mib(model):
     c = mc.get_model_config(model)
     r = math.ceil(c.resolution / 2)
     elems = 3 * r * r * mc.stem_filters(c)                       # stem conv, BN, activation
+    channels = mc.stem_filters(c)
     for stage in mc.stage_table(c):
         for i in range(stage.num_repeat):
             stride = stage.strides if i == 0 else 1
-            cin = stage.input_filters if i == 0 else stage.output_filters
-            expanded = int(cin * stage.expand_ratio)
+            cin = stage.input_filters if i == 0 else stage.output_filters  # as declared
+            # e1 blocks work on their actual input (Lite's fixed 32-channel stem).
+            expanded = channels if stage.expand_ratio == 1 else int(cin * stage.expand_ratio)
             out = math.ceil(r / stride)
-            if stage.expand_ratio != 1:
-                elems += 3 * r * r * expanded                    # expand conv, BN, activation
-            elems += 3 * out * out * expanded                    # depthwise conv, BN, activation
+            if stage.conv_type == 1:                             # EdgeTPU: strided 3x3 expansion
+                elems += 3 * out * out * expanded                # conv, BN, activation
+            else:
+                if stage.expand_ratio != 1:
+                    elems += 3 * r * r * expanded                # expand conv, BN, activation
+                elems += 3 * out * out * expanded                # depthwise conv, BN, activation
             if stage.se_ratio:
                 elems += out * out * expanded                    # SE gate product
             elems += 2 * out * out * stage.output_filters        # project conv, BN
-            if stride == 1 and cin == stage.output_filters:
+            if stage.id_skip and stride == 1 and cin == stage.output_filters:
                 elems += 2 * out * out * stage.output_filters    # drop-path, residual add
-            r = out
+            r, channels = out, stage.output_filters
     elems += 3 * r * r * mc.head_filters(c)                      # head conv, BN, activation
     return elems * 2 / 2**20
 

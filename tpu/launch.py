@@ -196,9 +196,10 @@ class ModelSettings:
     # (481M params x 20 bytes ~ 9 GiB) leave too little of a 16 GiB replica.
     images_per_16gib: float
     # Estimate, bfloat16: sum over the stem, every MBConv block (expand conv/BN/act, depthwise
-    # conv/BN/act, SE product, project conv/BN, drop-path/add) and the head of the tensors kept for
-    # the backward pass, from config.stage_table at the model's resolution (recomputed by
-    # tests/test_tpu_launch.py).
+    # conv/BN/act -- EdgeTPU's `_c1` blocks: one strided expansion conv/BN/act instead --, SE
+    # product, project conv/BN, drop-path/add) and the head of the tensors kept for the backward
+    # pass, from config.stage_table at the model's resolution (recomputed by
+    # tests/test_tpu_launch.py). CondConv's routing vectors and expert mixes are left out (tiny).
     activation_mib_per_image: int
 
 
@@ -218,6 +219,12 @@ MODEL_SETTINGS = {
     "efficientnet-lite2": ModelSettings(128, 74),
     "efficientnet-lite3": ModelSettings(128, 109),
     "efficientnet-lite4": ModelSettings(64, 166),
+    "efficientnet-edgetpu-S": ModelSettings(256, 50),
+    "efficientnet-edgetpu-M": ModelSettings(128, 82),
+    "efficientnet-edgetpu-L": ModelSettings(64, 175),
+    "efficientnet-condconv-b0-4e": ModelSettings(256, 43),
+    "efficientnet-condconv-b0-8e": ModelSettings(256, 43),
+    "efficientnet-condconv-b0-8e-depth": ModelSettings(256, 61),
 }
 # Upper bounds on the defaults: 256 images per replica (B0 on a v3-8 gives the reference default
 # global batch of 2048), and a global batch of 4096, the largest the paper's recipe was run with

@@ -8,7 +8,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnet_tf.layers import ImageNormalization, MBConvBlock, SqueezeExcite
+from efficientnet_tf.layers import (
+    CondConv2D,
+    ImageNormalization,
+    MBConvBlock,
+    SqueezeExcite,
+    mix_experts,
+)
 from efficientnet_tf.model import model_image_size
 
 # Folded vs Keras probabilities; a structural folding bug is orders of magnitude above this.
@@ -152,22 +158,58 @@ class FoldedSqueezeExcite(tf.Module):
         return x * gate[:, None, None, :]
 
 
+class FoldedCondConv(tf.Module):
+    """A CondConv2D with the following BN folded into every expert (the mix is linear in the
+    kernel, so scaling each expert scales the mixed kernel), plus a bias and activation."""
+
+    def __init__(self, conv: CondConv2D, bn, activation):
+        super().__init__(name=conv.name)
+        experts = np.asarray(conv.kernel.numpy(), np.float64)
+        shape = (experts.shape[0],) + conv.expert_shape
+        channels = shape[3] if conv.depthwise else shape[4]
+        kernel, bias = _fold_bn(experts.reshape(shape[:3] + (-1,)) if conv.depthwise
+                                else experts.reshape(shape), np.zeros(channels), bn, -1)
+        self.experts = _constant_variable(kernel.reshape(experts.shape), "experts")
+        self.bias = _constant_variable(bias, "bias")
+        self.expert_shape = conv.expert_shape
+        self.strides = conv.strides
+        self.depthwise = conv.depthwise
+        self.activation = _inference_activation(activation)
+
+    def __call__(self, x, routing):
+        x = mix_experts(x, routing, self.experts, self.expert_shape, self.strides,
+                        self.depthwise)
+        x = tf.nn.bias_add(x, self.bias)
+        return self.activation(x) if self.activation is not None else x
+
+
 class FoldedMBConv(tf.Module):
     def __init__(self, block: MBConvBlock):
         super().__init__(name=block.name)
-        self.expand = (FoldedConv(block.expand_conv, block.expand_bn, block.act)
+        fold = FoldedCondConv if block.num_experts else FoldedConv
+        self.routing = FoldedDense(block.routing) if block.routing is not None else None
+        self.expand = (fold(block.expand_conv, block.expand_bn, block.act)
                        if block.expand_conv is not None else None)
-        self.depthwise = FoldedConv(block.dwconv, block.bn, block.act)
+        self.depthwise = (fold(block.dwconv, block.bn, block.act)
+                          if block.dwconv is not None else None)
         self.se = FoldedSqueezeExcite(block.se) if block.se is not None else None
-        self.project = FoldedConv(block.project_conv, block.project_bn, keras.activations.linear)
+        self.project = fold(block.project_conv, block.project_bn, keras.activations.linear)
         self.has_skip = block.has_skip  # stochastic depth is the identity at inference
 
     def __call__(self, inputs):
-        x = self.expand(inputs) if self.expand is not None else inputs
-        x = self.depthwise(x)
+        if self.routing is not None:
+            routing = self.routing(tf.reduce_mean(inputs, axis=[1, 2]))
+
+            def conv(step, x):
+                return step(x, routing)
+        else:
+            def conv(step, x):
+                return step(x)
+        x = conv(self.expand, inputs) if self.expand is not None else inputs
+        x = conv(self.depthwise, x) if self.depthwise is not None else x
         if self.se is not None:
             x = self.se(x)
-        x = self.project(x)
+        x = conv(self.project, x)
         return x + inputs if self.has_skip else x
 
 
