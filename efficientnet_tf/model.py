@@ -110,6 +110,13 @@ def input_normalization(model: keras.Model) -> dict | None:
     return {"mean": list(mean), "stddev": list(stddev)}
 
 
+def label_offset(model: keras.Model) -> int:
+    """The classifier index of dataset label 0: 1 behind a background class (EdgeTPU's 1001-class
+    heads), else 0."""
+    config = model_config(model)
+    return config.label_offset if config is not None else 0
+
+
 def eval_resize_method(model: keras.Model, resize_method: str | None = None) -> str:
     """`resize_method`, or when None the kernel the reference evaluates this model with."""
     return resize_method or reference_resize_method(config_name(model))

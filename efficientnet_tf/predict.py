@@ -17,7 +17,12 @@ from efficientnet_tf.config import MAX_IMAGE_PIXELS, ConfigError
 from efficientnet_tf.data.image_header import image_dimensions, too_large
 from efficientnet_tf.export.saved_model import ServingModule
 from efficientnet_tf.export.saving import SERVING_SIGNATURE, read_export_info
-from efficientnet_tf.model import eval_resize_method, model_image_size, outputs_logits
+from efficientnet_tf.model import (
+    eval_resize_method,
+    label_offset,
+    model_image_size,
+    outputs_logits,
+)
 
 IMAGENET_NUM_CLASSES = 1000
 
@@ -35,8 +40,12 @@ def imagenet_classes() -> tuple[tuple[str, str], ...]:
     return tuple((synset, name) for _, synset, name in rows)
 
 
-def class_labels(num_classes: int, class_names=None) -> list[dict]:
-    """One {"label": str[, "synset": str]} per class index (see the module docstring)."""
+def class_labels(num_classes: int, class_names=None, label_offset: int = 0) -> list[dict]:
+    """One {"label": str[, "synset": str]} per class index (see the module docstring); the
+    first `label_offset` indices are background classes (EdgeTPU's 1001-class head)."""
+    if label_offset:
+        return ([{"label": "background"}] * label_offset
+                + class_labels(num_classes - label_offset, class_names))
     imagenet = imagenet_classes()
     synsets = [s for s, _ in imagenet]
     if class_names is not None:
@@ -139,6 +148,7 @@ def predict_images(paths, *, model=None, saved_model_dir=None, image_size=None, 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1.")
     encoded = [read_image_file(p) for p in paths]
+    offset = label_offset(model) if model is not None else 0
     if model is not None:
         # The export's own bytes -> eval preprocessing -> probabilities path, unsaved.
         serve = ServingModule(
@@ -151,11 +161,13 @@ def predict_images(paths, *, model=None, saved_model_dir=None, image_size=None, 
             raise ValueError("image_size, resize_method and half_pixel_centers are fixed inside "
                              "a SavedModel export; do not pass them with saved_model_dir.")
         _, serve = _load_serving(saved_model_dir)
+        info = read_export_info(saved_model_dir) or {}
         if class_names is None:
-            class_names = (read_export_info(saved_model_dir) or {}).get("class_names")
+            class_names = info.get("class_names")
+        offset = info.get("label_offset", 0)
     probs = np.concatenate([serve(image_bytes=tf.constant(batch))["probabilities"].numpy()
                             for batch in _batches(encoded, batch_size)])
-    labels = class_labels(probs.shape[-1], class_names)
+    labels = class_labels(probs.shape[-1], class_names, offset)
     k = min(top_k, probs.shape[-1])
     predictions = []
     for path, p in zip(paths, probs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -117,12 +118,15 @@ def load_weights(model: keras.Model, path) -> None:
 
 
 def convert(model_name, ckpt_path, output, *, num_classes=None, overrides=None,
-            config=None) -> str:
+            config=None, resize_method=None, published=None) -> str:
     """Import `ckpt_path` into our model and write it to `output` (.weights.h5), atomically.
 
     The architecture comes from `config`, or `model_name` plus `overrides`. The classifier width
     is `num_classes` when given, else the source's (config.num_classes is not used for it). A source
     without a classifier (e.g. `efficientnetb0_notop.h5`) gives a backbone file (include_top=False).
+    The file records its preprocessing (`read_record`): the config's resolution, normalization
+    and classes, `resize_method` (default: the model's reference kernel) and the 0.875 crop;
+    `published` names the published checkpoint it came from (`published.CHECKPOINTS`).
     """
     output = os.fspath(output)
     if not output.endswith(".weights.h5"):
@@ -135,23 +139,92 @@ def convert(model_name, ckpt_path, output, *, num_classes=None, overrides=None,
     classes = num_classes if num_classes is not None else info.classes
     if classes is None:
         logging.info("%s has no classifier: writing a backbone (include_top=False).", info.path)
-    model = build_network(config if classes is None else config.replace(num_classes=classes),
+    model = build_network(config if classes is None else config.with_classes(classes),
                           include_top=classes is not None)
     _assign(model, _read_source(info, config, model))
-    save_weights_atomic(model, output)
+    record = preprocessing_record(model_config(model), include_top=classes is not None,
+                                  resize_method=resize_method, published=published,
+                                  source=info.path)
+    save_weights_atomic(model, output, record=record)
     logging.info("Converted %s (%s) to %s.", info.path, info.kind, output)
     return output
 
 
-def save_weights_atomic(model: keras.Model, output) -> str:
-    """Keras writes .weights.h5 in place and to local paths only: write a local temp file, then
-    copy it so that `output` (local or gs://) never holds half a file."""
+# A converted file's record: a JSON root attribute of the .weights.h5 (Keras ignores it), so the
+# file cannot lose it. One source of truth, the ModelConfig ("model"); "preprocessing" spells
+# out for a reader what that config and the eval resize imply, and must agree with them.
+RECORD_ATTRIBUTE = "efficientnet_tf_record"
+
+
+def preprocessing_record(config: cfg.ModelConfig, *, include_top: bool = True,
+                         resize_method: str | None = None, half_pixel_centers: bool = False,
+                         published: str | None = None, source: str | None = None) -> dict:
+    """What a weights file needs to be fed correctly: its network and eval preprocessing."""
+    from efficientnet_tf.published import CROP_FRACTION, get_published
+
+    mean, stddev = config.input_normalization()
+    resize_method = resize_method or cfg.reference_resize_method(config.name)
+    if resize_method not in cfg.RESIZE_METHODS:
+        raise ConfigError(f"resize_method={resize_method!r}: must be one of "
+                          f"{', '.join(cfg.RESIZE_METHODS)}.")
+    return {
+        "model": config.to_dict(),
+        "preprocessing": {
+            "resolution": config.resolution, "crop_fraction": CROP_FRACTION,
+            "resize_method": resize_method, "half_pixel_centers": bool(half_pixel_centers),
+            "mean_rgb": list(mean), "stddev_rgb": list(stddev),
+            "input_range": "[-1, 1]" if config.advprop_preprocessing else "mean/stddev",
+            "num_classes": config.num_classes if include_top else None,
+            "label_offset": config.label_offset if include_top else 0,
+        },
+        "published": published,
+        "published_top_1": get_published(published).top_1 if published else None,
+        "source": source,
+    }
+
+
+def read_record(path) -> dict | None:
+    """The record of a file written by `convert` (or a run's best weights); None for any other
+    source. Checked: a record whose preprocessing contradicts its model is refused."""
+    path = os.fspath(path)
+    if not (os.path.isfile(path) and h5py.is_hdf5(path)):
+        return None
+    with h5py.File(path, "r") as f:
+        text = f.attrs.get(RECORD_ATTRIBUTE)
+    if text is None:
+        return None
+    try:
+        record = json.loads(_text(text))
+        config = cfg.ModelConfig.from_dict(record["model"])
+        stated = record["preprocessing"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: unreadable preprocessing record ({e}).") from e
+    expected = preprocessing_record(config, include_top=stated.get("num_classes") is not None,
+                                    resize_method=stated.get("resize_method"),
+                                    half_pixel_centers=stated.get("half_pixel_centers") is True
+                                    )["preprocessing"]
+    if stated != expected:
+        wrong = sorted(k for k in set(stated) | set(expected) if stated.get(k) != expected.get(k))
+        raise ConfigError(f"{path}: its preprocessing record contradicts its model config in "
+                          f"{wrong} (edited by hand?); this package evaluates with "
+                          f"{ {k: expected[k] for k in wrong} }.")
+    return {**record, "model_config": config}
+
+
+def save_weights_atomic(model: keras.Model, output, record: dict | None = None) -> str:
+    """Keras writes .weights.h5 in place and to local paths only: write a local temp file (with
+    its `record`, see `preprocessing_record`), then copy it so that `output` (local or gs://)
+    never holds half a file."""
     output = os.fspath(output)
     if not output.endswith(".weights.h5"):
         raise ConfigError(f"output={output!r}: must end with '.weights.h5'.")
     with tempfile.TemporaryDirectory(prefix="efficientnet_tf-") as tmp_dir:
         local = os.path.join(tmp_dir, "model.weights.h5")
         model.save_weights(local)
+        if record is not None:
+            with h5py.File(local, "a") as f:
+                f.attrs[RECORD_ATTRIBUTE] = json.dumps({k: v for k, v in record.items()
+                                                        if k != "model_config"}, sort_keys=True)
         copy_atomic(local, output)
     return output
 
@@ -161,8 +234,8 @@ def weight_layers(model: keras.Model) -> dict:
     out = {}
     for layer in model.layers:
         if isinstance(layer, MBConvBlock):
-            for sub in (layer.expand_conv, layer.expand_bn, layer.dwconv, layer.bn,
-                        layer.project_conv, layer.project_bn):
+            for sub in (layer.routing, layer.expand_conv, layer.expand_bn, layer.dwconv,
+                        layer.bn, layer.project_conv, layer.project_bn):
                 if sub is not None:
                     out[f"{layer.name}/{sub.name}"] = sub
             if layer.se is not None:
@@ -258,26 +331,40 @@ def _assign(model: keras.Model, source: _Source) -> None:
 # --- official TF1 checkpoints ---------------------------------------------------------------
 
 def _tf1_layer_names(target: keras.Model, with_classifier: bool) -> dict:
-    """{our path: [TF1 names without scope]} in Keras variable order; blocks_i in build order."""
+    """{our path: [TF1 names without scope]} in Keras variable order; blocks_i in build order.
+
+    The reference names tf.layers variables by call order within each block's scope (`conv2d`,
+    `conv2d_1`, ...). Its CondConv layers are Keras layers: their names carry a model-wide
+    counter (an unused fused conv per block takes one too) under an extra `model/` level.
+    """
     def bn(prefix):
         return [f"{prefix}/{v}" for v in _BN_VARS]
 
     names = {"stem_conv": ["stem/conv2d/kernel"], "stem_bn": bn("stem/tpu_batch_normalization")}
     blocks = [layer for layer in target.layers if isinstance(layer, MBConvBlock)]
+    condconv_index = 0
     for i, block in enumerate(blocks):
         p, b = f"blocks_{i}", block.name
-        if block.expand_conv is not None:
-            names[f"{b}/expand_conv"] = [f"{p}/conv2d/kernel"]
-            names[f"{b}/expand_bn"] = bn(f"{p}/tpu_batch_normalization")
-            names[f"{b}/dwconv"] = [f"{p}/depthwise_conv2d/depthwise_kernel"]
-            names[f"{b}/bn"] = bn(f"{p}/tpu_batch_normalization_1")
-            names[f"{b}/project_conv"] = [f"{p}/conv2d_1/kernel"]
-            names[f"{b}/project_bn"] = bn(f"{p}/tpu_batch_normalization_2")
+        bns = iter(bn(f"{p}/tpu_batch_normalization{s}") for s in ("", "_1", "_2"))
+        if block.num_experts:
+            c = condconv_index
+            condconv_index += 1
+            names[f"{b}/routing"] = [f"{p}/dense/kernel", f"{p}/dense/bias"]
+            convs = iter(f"model/{p}/{_keras_name('cond_conv2d', n)}/condconv_kernel"
+                         for n in (3 * c + 1, 3 * c + 2))
+            depthwise = (f"model/{p}/{_keras_name('depthwise_cond_conv2d', c)}"
+                         "/depthwise_condconv_kernel")
         else:
-            names[f"{b}/dwconv"] = [f"{p}/depthwise_conv2d/depthwise_kernel"]
-            names[f"{b}/bn"] = bn(f"{p}/tpu_batch_normalization")
-            names[f"{b}/project_conv"] = [f"{p}/conv2d/kernel"]
-            names[f"{b}/project_bn"] = bn(f"{p}/tpu_batch_normalization_1")
+            convs = iter(f"{p}/{_keras_name('conv2d', n)}/kernel" for n in (0, 1))
+            depthwise = f"{p}/depthwise_conv2d/depthwise_kernel"
+        if block.expand_conv is not None:
+            names[f"{b}/expand_conv"] = [next(convs)]
+            names[f"{b}/expand_bn"] = next(bns)
+        if block.dwconv is not None:
+            names[f"{b}/dwconv"] = [depthwise]
+            names[f"{b}/bn"] = next(bns)
+        names[f"{b}/project_conv"] = [next(convs)]
+        names[f"{b}/project_bn"] = next(bns)
         if block.se is not None:
             names[f"{b}/se/se_reduce"] = [f"{p}/se/conv2d/kernel", f"{p}/se/conv2d/bias"]
             names[f"{b}/se/se_expand"] = [f"{p}/se/conv2d_1/kernel", f"{p}/se/conv2d_1/bias"]
@@ -286,6 +373,34 @@ def _tf1_layer_names(target: keras.Model, with_classifier: bool) -> dict:
     if with_classifier:
         names[_CLASSIFIER] = ["head/dense/kernel", "head/dense/bias"]
     return names
+
+
+def _keras_name(base: str, n: int) -> str:
+    return base if n == 0 else f"{base}_{n}"
+
+
+_CONDCONV_RE = re.compile(r"^(?:model/)?(blocks_\d+)/(cond_conv2d|depthwise_cond_conv2d)(?:_(\d+))?"
+                          r"/(?:depthwise_)?condconv_kernel$")
+
+
+def _condconv_aliases(expected, available, scope: str) -> dict:
+    """{reference name: checkpoint name} for CondConv kernels whose counters or `model/` level
+    differ from a fresh reference graph's (e.g. a graph that built another model first). Within
+    a block, kernels of one kind pair up in counter order: expand, then project."""
+    def by_block(names, prefix=""):
+        groups = {}
+        for name in names:
+            m = _CONDCONV_RE.match(name[len(prefix):])
+            if m and name.startswith(prefix):
+                groups.setdefault(m.group(1, 2), []).append((int(m.group(3) or 0), name))
+        return {key: [n for _, n in sorted(entries)] for key, entries in groups.items()}
+
+    found = by_block(available, f"{scope}/")
+    aliases = {}
+    for key, names in by_block(expected).items():
+        if len(found.get(key, ())) == len(names):
+            aliases.update(zip(names, (n[len(scope) + 1:] for n in found[key])))
+    return aliases
 
 
 def _is_tf1_ignored(name: str) -> bool:
@@ -311,10 +426,13 @@ def _read_tf1(prefix: str, target: keras.Model) -> _Source:
     with_classifier = f"{scope}/head/dense/kernel" in available
     source = _Source(origin=f"TF1 checkpoint {prefix}", weights={})
     used, raw = set(), []
-    for path, names in _tf1_layer_names(target, with_classifier).items():
+    expected = _tf1_layer_names(target, with_classifier)
+    aliases = _condconv_aliases([n for names in expected.values() for n in names], available,
+                                scope)
+    for path, names in expected.items():
         arrays = []
         for short in names:
-            name = f"{scope}/{short}"
+            name = f"{scope}/{aliases.get(short, short)}"
             used.update((name, name + _EMA_SUFFIX))
             if name + _EMA_SUFFIX in available:
                 arrays.append((name + _EMA_SUFFIX, reader.get_tensor(name + _EMA_SUFFIX)))
@@ -451,7 +569,7 @@ def _read_efficientnet_tf_h5(info: SourceInfo, config: cfg.ModelConfig) -> _Sour
     if not info.has_head:
         twin = build_feature_network(config)
     else:
-        twin = build_network(config.replace(num_classes=info.classes or config.num_classes),
+        twin = build_network(config.with_classes(info.classes or config.num_classes),
                              include_top=info.classes is not None)
     _load_keras_h5_strict(twin, info.path, f"{config.name} ({twin.name})")
     weights = {path: [(f"{path}/{w.name}", np.asarray(w.numpy())) for w in layer.weights]

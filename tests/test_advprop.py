@@ -1,5 +1,5 @@
 """--advprop_preprocessing: an official-format AdvProp checkpoint through convert, eval and
-export."""
+export. The converted file records the [-1, 1] input, so eval and export need no flag for it."""
 import json
 
 import keras
@@ -46,8 +46,11 @@ def test_advprop_checkpoint_convert_eval_export(tmp_path):
     run_main("--mode=convert", *ARCH, "--advprop_preprocessing", f"--ckpt_path={prefix}",
              f"--output={weights}")
 
-    run_main("--mode=eval", *ARCH, "--advprop_preprocessing", f"--weights={weights}",
-             "--synthetic_eval_size=96", "--eval_batch_size=32", f"--model_dir={tmp_path / 'eval'}")
+    # No model or preprocessing flag: the file's record says B0 (tiny), 32 px, [-1, 1] input.
+    proc = run_main("--mode=eval", f"--weights={weights}", "--synthetic_eval_size=96",
+                    "--eval_batch_size=32", f"--model_dir={tmp_path / 'eval'}")
+    assert (f"--weights={weights}: efficientnet-b0 at 32 px, center crop 0.875, bicubic "
+            "resize, input [-1, 1] (x * 2/255 - 1), 10 classes; as recorded.") in proc.stdout
     result = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     # The same eval images, scored by the reference's own arithmetic.
     data = DataConfig(dataset="synthetic", synthetic_eval_size=96, num_classes=10)
@@ -60,8 +63,7 @@ def test_advprop_checkpoint_convert_eval_export(tmp_path):
     assert result["top_1"] == correct / total
 
     export_dir = tmp_path / "export"
-    proc = run_main("--mode=export", *ARCH, "--advprop_preprocessing", f"--weights={weights}",
-                    f"--export_dir={export_dir}")
+    proc = run_main("--mode=export", f"--weights={weights}", f"--export_dir={export_dir}")
     # No kilobyte log line (TensorFlow's INFO on renamed captured inputs names every variable).
     assert max(map(len, proc.stderr.splitlines())) < 500, proc.stderr[-2000:]
     info = json.loads((export_dir / "assets.extra" / "export_info.json").read_text())

@@ -138,6 +138,12 @@ def define_flags():
             "(TF1 prefix or directory, keras.applications .h5 or .weights.h5).")
     _define("convert", flags.DEFINE_string, "output", None, "convert: destination .weights.h5 "
             "file; cam: the overlay .png.")
+    _define("convert", flags.DEFINE_string, "published", None, "convert: the published "
+            "checkpoint --ckpt_path holds (a name from --list): sets the architecture, "
+            "resolution and input normalization it was trained with. The output records them "
+            "(with the resize kernel and crop), and eval/export/predict with --weights use them.")
+    _define("convert", flags.DEFINE_bool, "list", False, "convert: list the published "
+            "checkpoints (architecture, preprocessing, published ImageNet top-1) and exit.")
     _define("export", flags.DEFINE_string, "export_dir", None, "export: destination directory "
             "(written atomically).")
     _define("export", flags.DEFINE_bool, "hub_format", False, "export: TF-Hub-style reusable "
@@ -206,7 +212,7 @@ def mode_flags() -> dict[str, frozenset]:
         "eval": model | data | resize | {"weights", "moving_average_decay"}
         | (runtime - {"steps_per_eval", "steps_per_loop", "keep_checkpoint_max", "profile_steps"}),
         "prepare": {"dataset", "source_dir", "data_dir", "overwrite", "seed"},
-        "convert": model | {"ckpt_path", "output"},
+        "convert": model | resize | {"ckpt_path", "output", "published", "list"},
         "profile": {"model", "models", "output_json"},
         "export": inference | data | {"export_dir", "overwrite", "hub_format", "tflite",
                                       "quantize", "max_image_pixels", "max_batch_size"},
@@ -295,7 +301,12 @@ def model_config_from_flags(FLAGS, use_phi: bool = True) -> cfg.ModelConfig:
     """--model or --phi, then explicit overrides. Unset flags leave the table's value.
 
     use_phi=False: --phi means something else (the scaling search's phi); --model picks the base.
+    With a --weights file that records its network (`weights.read_record`), that network is the
+    base instead, and the explicit overrides are announced.
     """
+    record = weights_record(FLAGS)
+    if record is not None:
+        return _recorded_model_config(FLAGS, record, use_phi)
     if use_phi and FLAGS.model is not None and FLAGS.phi is not None:
         raise flags.ValidationError("Pass --model or --phi, not both.")
     overrides = {}
@@ -313,6 +324,78 @@ def model_config_from_flags(FLAGS, use_phi: bool = True) -> cfg.ModelConfig:
                                                      FLAGS.gamma, **overrides))
     return _validated(lambda: cfg.get_model_config(FLAGS.model or "efficientnet-b0",
                                                    **overrides))
+
+
+def weights_record(FLAGS) -> dict | None:
+    """The preprocessing record of --weights (a converted file or a run's best weights)."""
+    if FLAGS.mode == "convert" or not FLAGS["weights"].value:
+        return None
+    from efficientnet_tf.weights import read_record
+
+    return read_record(FLAGS["weights"].value)
+
+
+def _recorded_model_config(FLAGS, record: dict, use_phi: bool) -> cfg.ModelConfig:
+    """The recorded network; flags may change how it is fed or trained, not what it is."""
+    config, path = record["model_config"], FLAGS.weights
+    fixed = {"model": config.name, "width_coefficient": config.width_coefficient,
+             "depth_coefficient": config.depth_coefficient}
+    if use_phi:
+        fixed["phi"] = None
+    for flag, recorded in fixed.items():
+        if FLAGS[flag].present and FLAGS[flag].value != recorded:
+            raise flags.ValidationError(
+                f"--{flag}={FLAGS[flag].value}: --weights={path} holds {config.name} (width "
+                f"{config.width_coefficient:g}, depth {config.depth_coefficient:g}), as recorded "
+                f"there; drop --{flag}.")
+    overrides, notes = {}, []
+    for flag, field in (("image_size", "resolution"), ("advprop_preprocessing",
+                                                       "advprop_preprocessing"),
+                        ("dropout_rate", "dropout_rate"), ("survival_prob", "survival_prob")):
+        recorded = getattr(config, field)
+        if FLAGS[flag].present and FLAGS[flag].value != recorded:
+            overrides[field] = FLAGS[flag].value
+            notes.append(f"--{flag}={FLAGS[flag].value} overrides the recorded {recorded}")
+    config = _validated(lambda: config.replace(
+        bn_group_size=parse_bn_group_size(FLAGS.bn_group_size), **overrides))
+    if FLAGS.num_classes is not None and FLAGS.num_classes != config.num_classes:
+        notes.append(f"--num_classes={FLAGS.num_classes} replaces the recorded "
+                     f"{config.num_classes}-class classifier")
+        config = _validated(lambda: config.with_classes(FLAGS.num_classes))
+    from efficientnet_tf.published import normalization_text
+
+    pre = record["preprocessing"]
+    resize = FLAGS.resize_method or pre["resize_method"]
+    classes = f", {config.num_classes} classes" if pre["num_classes"] is not None else ""
+    if config.label_offset:
+        classes += f" (class {config.label_offset - 1} is background)"
+    print(f"--weights={path}: {config.name} at {config.resolution} px, center crop "
+          f"{pre['crop_fraction']:g}, {resize} resize, input {normalization_text(config)}"
+          f"{classes}; " + ("; ".join(notes) if notes else "as recorded") + ".", flush=True)
+    if FLAGS.resize_method and FLAGS.resize_method != pre["resize_method"]:
+        print(f"--resize_method={FLAGS.resize_method} overrides the recorded "
+              f"{pre['resize_method']}.", flush=True)
+    return config
+
+
+def published_model_config(FLAGS) -> cfg.ModelConfig:
+    """convert --published=NAME: the network and input normalization NAME was trained with;
+    only the classifier width may be changed (--num_classes), nothing that would mislabel it."""
+    from efficientnet_tf.published import get_published
+
+    checkpoint = _validated(lambda: get_published(FLAGS.published))
+    config = checkpoint.model_config()
+    clashing = [f"--{name}" for name in ("phi", "width_coefficient", "depth_coefficient",
+                                         "image_size", "advprop_preprocessing", "dropout_rate",
+                                         "survival_prob")
+                if FLAGS[name].present]
+    if FLAGS.model is not None and FLAGS.model != config.name:
+        clashing.append(f"--model={FLAGS.model}")
+    if clashing:
+        raise flags.ValidationError(
+            f"--published={FLAGS.published} sets the architecture and preprocessing "
+            f"({config.name}, {config.resolution} px); drop {', '.join(clashing)}.")
+    return config
 
 
 def parse_bn_group_size(value: str | None) -> int | None:
@@ -341,12 +424,15 @@ def runtime_config_from_flags(FLAGS) -> cfg.RuntimeConfig:
 def data_config_from_flags(FLAGS) -> DataConfig:
     values = _field_values(FLAGS, DataConfig)
     dataset = FLAGS.dataset or ("imagenet" if FLAGS.data_dir else "synthetic")
+    recorded = (weights_record(FLAGS) or {}).get("preprocessing", {})
     values.update(
         dataset=dataset,
         num_classes=FLAGS.num_classes if dataset in ("synthetic", "folder") else None,
-        resize_method=FLAGS.resize_method or cfg.reference_resize_method(
-            FLAGS.model or "efficientnet-b0"),
+        resize_method=FLAGS.resize_method or recorded.get("resize_method")
+        or cfg.reference_resize_method(FLAGS.model or "efficientnet-b0"),
         seed=FLAGS.seed or 0)
+    if recorded and not FLAGS["half_pixel_centers"].present:
+        values["half_pixel_centers"] = recorded["half_pixel_centers"]
     return _validated(lambda: DataConfig(**values))
 
 
@@ -358,7 +444,9 @@ def experiment_config_from_flags(FLAGS, use_phi: bool = True):
     data = data_config_from_flags(FLAGS)
     model = model_config_from_flags(FLAGS, use_phi)
     if FLAGS.num_classes is None:
-        model = model.replace(num_classes=data_lib.get_dataset_info(data).num_classes)
+        classes = data_lib.get_dataset_info(data).num_classes
+        if model.num_classes - model.label_offset != classes:
+            model = model.with_classes(classes)  # a background class stays with its head
     return ExperimentConfig(model=model, data=data, recipe=recipe_config_from_flags(FLAGS),
                             runtime=runtime_config_from_flags(FLAGS))
 

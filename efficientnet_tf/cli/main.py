@@ -101,19 +101,23 @@ def _inference_model():
         if classes is None:
             raise ConfigError(f"--weights={FLAGS.weights} has no classifier; export and "
                               "predict need one.")
-        config = config.replace(num_classes=classes)
+        config = config.with_classes(classes)
     return build_model(config=config, weights=FLAGS.weights), None
 
 
 def _eval_resize() -> dict:
     """The eval resize of export/predict/cam: explicit flags, else the training run's (with
-    --model_dir), else the model's reference kernel (resize_method None)."""
+    --model_dir) or the one --weights records, else the model's reference kernel
+    (resize_method None)."""
     from efficientnet_tf.run_dir import read_experiment
 
-    run = read_experiment(FLAGS.model_dir).data if FLAGS.model_dir else None
-    method = FLAGS.resize_method or (run.resize_method if run else None)
-    half = (FLAGS.half_pixel_centers if run is None or FLAGS["half_pixel_centers"].present
-            else run.half_pixel_centers)
+    if FLAGS.model_dir:
+        recorded = read_experiment(FLAGS.model_dir).data.to_dict()
+    else:
+        recorded = (cli_flags.weights_record(FLAGS) or {}).get("preprocessing")
+    method = FLAGS.resize_method or (recorded["resize_method"] if recorded else None)
+    half = (FLAGS.half_pixel_centers if recorded is None or FLAGS["half_pixel_centers"].present
+            else recorded["half_pixel_centers"])
     return {"resize_method": method, "half_pixel_centers": half}
 
 
@@ -169,13 +173,26 @@ def run_predict():
 
 
 def run_convert():
-    from efficientnet_tf import weights
+    from efficientnet_tf import published, weights
 
+    if FLAGS.list:
+        print(published.format_table())
+        return
     cli_flags.require(FLAGS, "ckpt_path", "output")
-    config = cli_flags.model_config_from_flags(FLAGS)
+    config = (cli_flags.published_model_config(FLAGS) if FLAGS.published
+              else cli_flags.model_config_from_flags(FLAGS))
     path = weights.convert(None, FLAGS.ckpt_path, FLAGS.output, config=config,
-                           num_classes=FLAGS.num_classes)
-    print(f"Wrote {path}")
+                           num_classes=FLAGS.num_classes, resize_method=FLAGS.resize_method,
+                           published=FLAGS.published)
+    record = weights.read_record(path)
+    pre = record["preprocessing"]
+    print(f"Wrote {path}: {config.name} at {pre['resolution']} px, center crop "
+          f"{pre['crop_fraction']:g}, {pre['resize_method']} resize, input "
+          f"{published.normalization_text(record['model_config'])}"
+          + (f", {pre['num_classes']} classes" if pre["num_classes"] is not None else
+             ", no classifier")
+          + (f" (label offset {pre['label_offset']})" if pre["label_offset"] else "")
+          + ". eval/export/predict with --weights use this preprocessing.")
 
 
 def run_profile():
@@ -223,14 +240,15 @@ def run_scaling_study():
 
 def run_cam():
     from efficientnet_tf import cam, predict
-    from efficientnet_tf.model import classifier_layer, model_image_size
+    from efficientnet_tf.model import classifier_layer, label_offset, model_image_size
 
     cli_flags.require(FLAGS, "image", "output")
     if len(FLAGS.image) != 1:
         raise flags.ValidationError(f"--mode=cam takes one --image, got {len(FLAGS.image)}.")
     model, class_names = _inference_model()
     result = cam.cam_for_image_file(model, FLAGS.image[0], FLAGS.output, **_eval_resize())
-    labels = predict.class_labels(classifier_layer(model).units, class_names)
+    labels = predict.class_labels(classifier_layer(model).units, class_names,
+                                  label_offset(model))
     size = model_image_size(model)
     print(f"{result['image']}: class {result['class_index']} "
           f"({labels[result['class_index']]['label']}), probability "

@@ -23,6 +23,7 @@ from efficientnet_tf.model import (
     config_name,
     eval_resize_method,
     input_normalization,
+    label_offset,
     model_image_size,
     outputs_logits,
 )
@@ -185,6 +186,7 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
         "max_image_pixels": int(max_image_pixels),
         "max_batch_size": int(max_batch_size),
         "input_normalization": input_normalization(model),
+        "label_offset": label_offset(model),
         "signatures": {
             SERVING_SIGNATURE: f"image_bytes: string [batch], encoded {IMAGE_FORMATS}; eval "
                                f"preprocessing (center crop, {resize_method} resize to {size}) "

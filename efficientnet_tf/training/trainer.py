@@ -33,7 +33,7 @@ from efficientnet_tf.training.ema import ExponentialMovingAverage
 from efficientnet_tf.training.optimizer import build_optimizer
 from efficientnet_tf.training.regularization import classification_loss, l2_loss
 from efficientnet_tf.training.schedules import build_lr_schedule
-from efficientnet_tf.weights import save_weights_atomic
+from efficientnet_tf.weights import preprocessing_record, save_weights_atomic
 
 
 class Trainer:
@@ -50,9 +50,11 @@ class Trainer:
             keras.utils.set_random_seed(recipe.seed)  # initialization, dropout, drop-path
         self.info = data_lib.get_dataset_info(experiment.data)
         self.num_classes = experiment.model.num_classes
-        if self.num_classes != self.info.num_classes:
+        self.label_offset = experiment.model.label_offset
+        if self.num_classes - self.label_offset != self.info.num_classes:
+            offset = f" after {self.label_offset} background class(es)" if self.label_offset else ""
             raise ConfigError(
-                f"ModelConfig.num_classes={self.num_classes} but dataset "
+                f"ModelConfig.num_classes={self.num_classes}{offset} but dataset "
                 f"{experiment.data.dataset!r} has {self.info.num_classes} classes")
         self.image_size = experiment.model.resolution
         self.global_batch = recipe.train_batch_size
@@ -185,6 +187,7 @@ class Trainer:
     def forward_backward(self, images, labels):
         """One replica's loss, gradients (scaled as the optimizer expects) and correct count."""
         model, recipe = self.model, self.experiment.recipe
+        labels = self._model_labels(labels)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example = classification_loss(labels, logits, self.num_classes,
@@ -196,6 +199,15 @@ class Trainer:
         target = labels if labels.shape.rank == 1 else tf.argmax(labels, axis=-1)
         correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(target, tf.int32))
         return loss, grads, tf.reduce_sum(tf.cast(correct, tf.float32))
+
+    def _model_labels(self, labels):
+        """Dataset labels as classifier indices: shifted past background classes, as the
+        reference feeds 1-based ImageNet labels to its 1001-class models."""
+        if not self.label_offset:
+            return labels
+        if labels.shape.rank == 1:
+            return labels + tf.cast(self.label_offset, labels.dtype)
+        return tf.pad(labels, [[0, 0], [self.label_offset, 0]])  # one-hot / mixed targets
 
     def train_step(self, images, labels, skipped, forward_backward=None):
         """One replica's step: `forward_backward` (default: the method's), then the optimizer and
@@ -210,7 +222,7 @@ class Trainer:
     def eval_step(self, images, labels, weights):
         """One replica's weighted (top-1, top-5, examples) sums."""
         logits = tf.cast(self.model(images, training=False), tf.float32)
-        labels = tf.cast(labels, tf.int32)
+        labels = tf.cast(self._model_labels(labels), tf.int32)
         weights = tf.cast(weights, tf.float32)
         top1 = tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)
         top5 = tf.cast(tf.math.in_top_k(labels, logits, min(5, self.num_classes)), tf.float32)
@@ -409,8 +421,14 @@ class Trainer:
         return self.ema.averaged_weights() if self.ema is not None else contextlib.nullcontext()
 
     def save_weights(self, path: str):
+        """The deployed weights, recording the run's eval preprocessing (`--weights` of eval,
+        export and predict then need no model flags)."""
+        data = self.experiment.data
+        record = preprocessing_record(self.experiment.model, resize_method=data.resize_method,
+                                      half_pixel_centers=data.half_pixel_centers,
+                                      source=self.model_dir)
         with self._deployed_weights():
-            save_weights_atomic(self.model, path)
+            save_weights_atomic(self.model, path, record=record)
 
     def _write_input_images(self, writer, count: int = 4):
         dataset = data_lib.build_dataset(self.experiment.data, "train", count,
