@@ -48,6 +48,12 @@ def test_train_and_eval_writes_everything(trained_run):
     assert config["model"]["num_classes"] == 10 and config["model"]["resolution"] == 32
     assert config["recipe"]["train_steps"] == 4 and config["runtime"]["model_dir"] == str(model_dir)
     assert f"Results: {model_dir}/eval_results.json" in proc.stdout
+    from efficientnet_tf.weights import read_record
+
+    record = read_record(model_dir / "best.weights.h5")  # eval/export --weights need no flags
+    assert (record["model_config"].resolution, record["model_config"].width_coefficient,
+            record["preprocessing"]["resize_method"], record["source"]) == (
+        32, 0.25, "bicubic", str(model_dir))
     events = os.listdir(model_dir / "train")
     assert any(e.startswith("events.out.tfevents") for e in events)
 

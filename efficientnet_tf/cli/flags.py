@@ -8,6 +8,7 @@ does not import TensorFlow: `--help` is instant.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 
@@ -330,9 +331,15 @@ def weights_record(FLAGS) -> dict | None:
     """The preprocessing record of --weights (a converted file or a run's best weights)."""
     if FLAGS.mode == "convert" or not FLAGS["weights"].value:
         return None
+    return _read_record(FLAGS["weights"].value)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_record(path: str) -> dict | None:
+    """Read once per command: the model, data and resize settings all consult it."""
     from efficientnet_tf.weights import read_record
 
-    return read_record(FLAGS["weights"].value)
+    return read_record(path)
 
 
 def _recorded_model_config(FLAGS, record: dict, use_phi: bool) -> cfg.ModelConfig:
