@@ -183,6 +183,26 @@ def preprocessing_record(config: cfg.ModelConfig, *, include_top: bool = True,
     }
 
 
+def describe_preprocessing(config: cfg.ModelConfig, preprocessing: dict,
+                           resize_method: str | None = None) -> str:
+    """One line on how a weights file is fed: `config` (the record's, or with overrides) and
+    the record's preprocessing, with `resize_method` overriding its resize kernel."""
+    from efficientnet_tf.published import normalization_text
+
+    text = (f"{config.name} at {config.resolution} px, center crop "
+            f"{preprocessing['crop_fraction']:g}, "
+            f"{resize_method or preprocessing['resize_method']} resize, input "
+            f"{normalization_text(config)}")
+    if preprocessing["num_classes"] is None:
+        return text + ", no classifier"
+    text += f", {config.num_classes} classes"
+    if config.label_offset == 1:
+        text += " (class 0 is background)"
+    elif config.label_offset:
+        text += f" (classes 0..{config.label_offset - 1} are background)"
+    return text
+
+
 def read_record(path) -> dict | None:
     """The record of a file written by `convert` (or a run's best weights); None for any other
     source. Checked: a record whose preprocessing contradicts its model is refused."""

@@ -369,16 +369,11 @@ def _recorded_model_config(FLAGS, record: dict, use_phi: bool) -> cfg.ModelConfi
         notes.append(f"--num_classes={FLAGS.num_classes} replaces the recorded "
                      f"{config.num_classes}-class classifier")
         config = _validated(lambda: config.with_classes(FLAGS.num_classes))
-    from efficientnet_tf.published import normalization_text
+    from efficientnet_tf.weights import describe_preprocessing
 
     pre = record["preprocessing"]
-    resize = FLAGS.resize_method or pre["resize_method"]
-    classes = f", {config.num_classes} classes" if pre["num_classes"] is not None else ""
-    if config.label_offset:
-        classes += f" (class {config.label_offset - 1} is background)"
-    print(f"--weights={path}: {config.name} at {config.resolution} px, center crop "
-          f"{pre['crop_fraction']:g}, {resize} resize, input {normalization_text(config)}"
-          f"{classes}; " + ("; ".join(notes) if notes else "as recorded") + ".", flush=True)
+    print(f"--weights={path}: {describe_preprocessing(config, pre, FLAGS.resize_method)}; "
+          + ("; ".join(notes) if notes else "as recorded") + ".", flush=True)
     if FLAGS.resize_method and FLAGS.resize_method != pre["resize_method"]:
         print(f"--resize_method={FLAGS.resize_method} overrides the recorded "
               f"{pre['resize_method']}.", flush=True)

@@ -185,13 +185,8 @@ def run_convert():
                            num_classes=FLAGS.num_classes, resize_method=FLAGS.resize_method,
                            published=FLAGS.published)
     record = weights.read_record(path)
-    pre = record["preprocessing"]
-    print(f"Wrote {path}: {config.name} at {pre['resolution']} px, center crop "
-          f"{pre['crop_fraction']:g}, {pre['resize_method']} resize, input "
-          f"{published.normalization_text(record['model_config'])}"
-          + (f", {pre['num_classes']} classes" if pre["num_classes"] is not None else
-             ", no classifier")
-          + (f" (label offset {pre['label_offset']})" if pre["label_offset"] else "")
+    print(f"Wrote {path}: "
+          + weights.describe_preprocessing(record["model_config"], record["preprocessing"])
           + ". eval/export/predict with --weights use this preprocessing.")
 
 
